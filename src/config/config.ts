@@ -1,0 +1,166 @@
+import { hostname } from "node:os";
+import { isAbsolute } from "node:path";
+import { parseArgs } from "node:util";
+import { z } from "zod";
+import { durationSchema } from "./duration.js";
+
+const absolutePath = z.string().refine(isAbsolute, "must be an absolute path");
+
+/**
+ * Every option of the driver, with its flag, environment variable and default. The flag wins over
+ * the environment, the environment over the default. This table is also the `--help` text.
+ */
+export const options = {
+  "plugin-socket": {
+    env: "SPIRE_CSI_PLUGIN_SOCKET",
+    default: "/csi/csi.sock",
+    help: "unix socket the CSI gRPC server listens on (kubelet and the sidecars connect here)",
+    schema: absolutePath,
+  },
+  "node-id": {
+    env: "SPIRE_CSI_NODE_ID",
+    default: undefined,
+    help: "node id returned by NodeGetInfo; falls back to $NODE_NAME, then the host name",
+    schema: z.string().min(1).max(128),
+  },
+  "agent-socket": {
+    env: "SPIRE_CSI_AGENT_SOCKET",
+    default: "/run/spire/admin/admin.sock",
+    help: "SPIRE agent admin socket serving the Delegated Identity API (admin_socket_path)",
+    schema: absolutePath,
+  },
+  "kubelet-root": {
+    env: "SPIRE_CSI_KUBELET_ROOT",
+    default: "/var/lib/kubelet",
+    help: "kubelet root dir; publish only accepts targets under <root>/pods/<uid>/volumes/kubernetes.io~csi/",
+    schema: absolutePath,
+  },
+  "metadata-dir": {
+    env: "SPIRE_CSI_METADATA_DIR",
+    default: "/var/lib/spire-csi-driver/volumes",
+    help: "host dir holding one record per published volume, read at start-up to re-adopt volumes",
+    schema: absolutePath,
+  },
+  "publish-timeout": {
+    env: "SPIRE_CSI_PUBLISH_TIMEOUT",
+    default: "30s",
+    help: "how long NodePublishVolume waits for the first SVID before failing (kubelet's own limit is 2m)",
+    schema: durationSchema.pipe(z.number().min(100).max(110_000)),
+  },
+  "volume-backing": {
+    env: "SPIRE_CSI_VOLUME_BACKING",
+    default: "tmpfs",
+    help: "tmpfs: each target is a size-limited tmpfs so keys never touch disk; directory: plain dir (development)",
+    schema: z.enum(["tmpfs", "directory"]),
+  },
+  "tmpfs-size": {
+    env: "SPIRE_CSI_TMPFS_SIZE",
+    default: "4m",
+    help: "size limit of each volume's tmpfs (mount -o size=)",
+    schema: z.string().regex(/^[1-9][0-9]*[kmg]?$/, "must look like 4m, 512k or 1g"),
+  },
+  "reconnect-min": {
+    env: "SPIRE_CSI_RECONNECT_MIN",
+    default: "500ms",
+    help: "first delay before resubscribing to the agent after a stream fails (doubles, with jitter)",
+    schema: durationSchema.pipe(z.number().min(1)),
+  },
+  "reconnect-max": {
+    env: "SPIRE_CSI_RECONNECT_MAX",
+    default: "30s",
+    help: "cap of the resubscribe delay",
+    schema: durationSchema.pipe(z.number().min(1)),
+  },
+  "metrics-address": {
+    env: "SPIRE_CSI_METRICS_ADDRESS",
+    default: "0.0.0.0:9809",
+    help: "host:port serving /metrics, /healthz and /readyz; empty disables it",
+    schema: z.string().regex(/^$|^[^\s]*:[0-9]{1,5}$/, "must be host:port (e.g. 0.0.0.0:9809) or empty"),
+  },
+  "log-level": {
+    env: "SPIRE_CSI_LOG_LEVEL",
+    default: "info",
+    help: "trace, debug, info, warn, error or fatal",
+    schema: z.enum(["trace", "debug", "info", "warn", "error", "fatal"]),
+  },
+} as const;
+
+type OptionName = keyof typeof options;
+
+export interface DriverConfig {
+  pluginSocket: string;
+  nodeId: string;
+  agentSocket: string;
+  kubeletRoot: string;
+  metadataDir: string;
+  publishTimeoutMs: number;
+  volumeBacking: "tmpfs" | "directory";
+  tmpfsSize: string;
+  reconnectMinMs: number;
+  reconnectMaxMs: number;
+  /** Empty when disabled. */
+  metricsAddress: string;
+  logLevel: "trace" | "debug" | "info" | "warn" | "error" | "fatal";
+}
+
+export class ConfigError extends Error {
+  override readonly name = "ConfigError";
+}
+
+export function helpText(): string {
+  const lines = ["Usage: spire-csi-driver [options]", "", "Options (flag, environment variable, default):"];
+  for (const [name, option] of Object.entries(options)) {
+    const shown = option.default ?? "(see below)";
+    lines.push(`  --${name} <value>   $${option.env}   default: ${shown}`);
+    lines.push(`      ${option.help}`);
+  }
+  lines.push("  --help            print this text");
+  return lines.join("\n");
+}
+
+/** Reads flags and environment into one validated config; throws ConfigError naming the option. */
+export function loadConfig(argv: readonly string[], env: NodeJS.ProcessEnv): DriverConfig {
+  let parsed: ReturnType<typeof parseArgs>;
+  try {
+    parsed = parseArgs({
+      args: [...argv],
+      options: Object.fromEntries(Object.keys(options).map((name) => [name, { type: "string" as const }])),
+      strict: true,
+      allowPositionals: false,
+    });
+  } catch (error) {
+    throw new ConfigError(`${(error as Error).message}; run with --help for the options`);
+  }
+  const raw = (name: OptionName): string | undefined => {
+    const flag = parsed.values[name];
+    if (typeof flag === "string") return flag;
+    return env[options[name].env] ?? options[name].default;
+  };
+  const value = <N extends OptionName>(name: N, fallback?: string): z.output<(typeof options)[N]["schema"]> => {
+    const input = raw(name) ?? fallback;
+    const result = options[name].schema.safeParse(input);
+    if (!result.success) {
+      const reason = result.error.issues[0]?.message ?? "invalid";
+      throw new ConfigError(`--${name} (${options[name].env}) = ${JSON.stringify(input)}: ${reason}`);
+    }
+    return result.data as z.output<(typeof options)[N]["schema"]>;
+  };
+  const config: DriverConfig = {
+    pluginSocket: value("plugin-socket"),
+    nodeId: value("node-id", env.NODE_NAME || hostname()),
+    agentSocket: value("agent-socket"),
+    kubeletRoot: value("kubelet-root"),
+    metadataDir: value("metadata-dir"),
+    publishTimeoutMs: value("publish-timeout"),
+    volumeBacking: value("volume-backing"),
+    tmpfsSize: value("tmpfs-size"),
+    reconnectMinMs: value("reconnect-min"),
+    reconnectMaxMs: value("reconnect-max"),
+    metricsAddress: value("metrics-address"),
+    logLevel: value("log-level"),
+  };
+  if (config.reconnectMaxMs < config.reconnectMinMs) {
+    throw new ConfigError("--reconnect-max must not be smaller than --reconnect-min");
+  }
+  return config;
+}

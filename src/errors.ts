@@ -1,0 +1,35 @@
+/**
+ * The one error type the driver raises. Its `code` says what went wrong in CSI terms; the CSI edge
+ * (csi/grpc-status.ts) is the only place that turns it into a gRPC status.
+ */
+export type DriverErrorCode =
+  | "invalid-argument"
+  | "already-exists"
+  | "failed-precondition"
+  | "deadline-exceeded"
+  | "unavailable"
+  | "aborted"
+  | "resource-exhausted"
+  | "internal";
+
+export class DriverError extends Error {
+  override readonly name = "DriverError";
+
+  constructor(
+    readonly code: DriverErrorCode,
+    message: string,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+  }
+}
+
+export function invalidArgument(field: string, rule: string): DriverError {
+  return new DriverError("invalid-argument", `${field}: ${rule}`);
+}
+
+/** Message of an unknown thrown value, for logs and wrapped errors (never includes payloads). */
+export function describeError(error: unknown): string {
+  if (error instanceof Error) return error.message;
+  return String(error);
+}

@@ -1,0 +1,6 @@
+/** One file of a volume snapshot. `secret` files (private keys, tokens) get the tighter mode. */
+export interface SnapshotFile {
+  name: string;
+  content: string;
+  secret: boolean;
+}

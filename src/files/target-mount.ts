@@ -1,0 +1,48 @@
+import { execFile } from "node:child_process";
+import { chown, mkdir, readFile, realpath } from "node:fs/promises";
+import { promisify } from "node:util";
+
+const run = promisify(execFile);
+
+export type VolumeBacking = { kind: "tmpfs"; size: string } | { kind: "directory" };
+
+/**
+ * Creates the volume's `mount` dir (kubelet only creates its parent) and, for tmpfs backing,
+ * mounts a size-limited tmpfs on it so keys live in memory only. The mount is made in the host
+ * mount namespace (the DaemonSet uses Bidirectional propagation), so it outlives the driver.
+ */
+export async function prepareTarget(targetPath: string, backing: VolumeBacking, gid: number | undefined): Promise<void> {
+  const mode = gid === undefined ? 0o755 : 0o750;
+  await mkdir(targetPath, { mode }).catch((error: NodeJS.ErrnoException) => {
+    // A retried publish, or a re-adopted volume, finds the dir already there.
+    if (error.code !== "EEXIST") throw error;
+  });
+  if (backing.kind === "tmpfs" && !(await isMountPoint(targetPath))) {
+    const options = [`size=${backing.size}`, `mode=${mode.toString(8)}`, "nosuid", "nodev", "noexec"];
+    if (gid !== undefined) options.push(`gid=${gid}`);
+    await run("mount", ["-t", "tmpfs", "-o", options.join(","), "tmpfs", targetPath]);
+  } else if (gid !== undefined) {
+    await chown(targetPath, 0, gid);
+  }
+}
+
+/** Unmounts the volume's tmpfs if there is one; the caller clears a plain dir. */
+export async function unmountTarget(targetPath: string): Promise<void> {
+  if (await isMountPoint(targetPath)) await run("umount", [targetPath]);
+}
+
+export async function isMountPoint(path: string): Promise<boolean> {
+  let resolved: string;
+  try {
+    resolved = await realpath(path);
+  } catch {
+    return false;
+  }
+  const mountInfo = await readFile("/proc/self/mountinfo", "utf8");
+  return mountInfo.split("\n").some((line) => decodeMountPath(line.split(" ")[4] ?? "") === resolved);
+}
+
+/** mountinfo escapes space, tab, newline and backslash as octal (\040 ...). */
+function decodeMountPath(field: string): string {
+  return field.replace(/\\([0-7]{3})/g, (_, octal: string) => String.fromCharCode(parseInt(octal, 8)));
+}

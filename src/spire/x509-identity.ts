@@ -1,0 +1,65 @@
+import { createPrivateKey, X509Certificate } from "node:crypto";
+import type { SubscribeToX509SVIDsResponse } from "../gen/spire/api/agent/delegatedidentity/v1/delegatedidentity_pb.js";
+
+/** One X.509-SVID from the agent that passed every check, ready to be written. */
+export interface X509Identity {
+  spiffeId: string;
+  trustDomain: string;
+  hint: string;
+  /** DER certificates, leaf first. */
+  certChainDer: Uint8Array[];
+  keyPkcs8Der: Uint8Array;
+  /** Unix seconds. */
+  expiresAt: number;
+  serialNumber: string;
+}
+
+export interface X509SvidSet {
+  identities: X509Identity[];
+  /** Federated trust domains as "spiffe://<td>". */
+  federatesWith: string[];
+  /** SVIDs the agent sent that failed a check; they are never written. */
+  rejected: { spiffeId: string; reason: string }[];
+}
+
+/**
+ * Checks every SVID of a stream message: the chain parses, the leaf's URI SAN is the SVID's
+ * SPIFFE ID, the key is PKCS#8 and belongs to the leaf, and the leaf has not expired. Data that
+ * fails is rejected here so a volume keeps its last good snapshot instead of receiving it.
+ */
+export function parseX509SvidSet(response: SubscribeToX509SVIDsResponse, nowMs = Date.now()): X509SvidSet {
+  const identities: X509Identity[] = [];
+  const rejected: X509SvidSet["rejected"] = [];
+  for (const entry of response.x509Svids) {
+    const svid = entry.x509Svid;
+    const spiffeId = svid?.id ? `spiffe://${svid.id.trustDomain}${svid.id.path}` : "(no id)";
+    try {
+      if (!svid?.id) throw new Error("SVID has no SPIFFE ID");
+      if (svid.certChain.length === 0) throw new Error("empty certificate chain");
+      const leaf = new X509Certificate(svid.certChain[0]!);
+      for (const der of svid.certChain.slice(1)) new X509Certificate(der);
+      const uris = (leaf.subjectAltName ?? "")
+        .split(", ")
+        .filter((name) => name.startsWith("URI:"))
+        .map((name) => name.slice(4));
+      if (uris.length !== 1 || uris[0] !== spiffeId) {
+        throw new Error(`leaf URI SAN ${JSON.stringify(uris)} is not the SVID's SPIFFE ID`);
+      }
+      const key = createPrivateKey({ key: Buffer.from(entry.x509SvidKey), format: "der", type: "pkcs8" });
+      if (!leaf.checkPrivateKey(key)) throw new Error("private key does not match the leaf certificate");
+      if (Date.parse(leaf.validTo) <= nowMs) throw new Error(`leaf expired at ${leaf.validTo}`);
+      identities.push({
+        spiffeId,
+        trustDomain: svid.id.trustDomain,
+        hint: svid.hint,
+        certChainDer: svid.certChain,
+        keyPkcs8Der: entry.x509SvidKey,
+        expiresAt: Number(svid.expiresAt),
+        serialNumber: leaf.serialNumber,
+      });
+    } catch (error) {
+      rejected.push({ spiffeId, reason: (error as Error).message });
+    }
+  }
+  return { identities, federatesWith: response.federatesWith, rejected };
+}

@@ -1,0 +1,227 @@
+import { access } from "node:fs/promises";
+import type { Logger } from "pino";
+import type { MetadataStore, VolumeRecord } from "@spire-csi-driver/metadata-store";
+import { DriverError } from "../errors.js";
+import { clearSnapshots, hasSnapshot } from "../files/atomic-snapshot.js";
+import { isMountPoint, prepareTarget, unmountTarget, type VolumeBacking } from "../files/target-mount.js";
+import { parseVolumeAttributes } from "./volume-attributes.js";
+import { KeyedMutex } from "./keyed-mutex.js";
+import { specDifference, type VolumeSpec } from "./volume-spec.js";
+import { Volume, type VolumeDependencies } from "./volume.js";
+import type { VolumePhase } from "./volume-state.js";
+
+export interface VolumeManagerOptions {
+  store: MetadataStore;
+  backing: VolumeBacking;
+  publishTimeoutMs: number;
+  volume: VolumeDependencies;
+  logger: Logger;
+}
+
+export interface AdoptionReport {
+  adopted: number;
+  removedStale: number;
+  quarantined: number;
+}
+
+/**
+ * The volume lifecycle: publish (record → target → stream → first snapshot), unpublish (stream →
+ * files → record), and re-adoption of every recorded volume after a restart. Each volume's
+ * operations are serialised; the metadata record is written before anything else exists and
+ * deleted after everything else is gone, so a crash at any point leaves a record to act on.
+ */
+export class VolumeManager {
+  private readonly volumes = new Map<string, Volume>();
+  private readonly mutex = new KeyedMutex();
+
+  constructor(private readonly options: VolumeManagerOptions) {}
+
+  get size(): number {
+    return this.volumes.size;
+  }
+
+  phases(): Map<VolumePhase, number> {
+    const counts = new Map<VolumePhase, number>();
+    for (const volume of this.volumes.values()) counts.set(volume.state.phase, (counts.get(volume.state.phase) ?? 0) + 1);
+    return counts;
+  }
+
+  get(volumeId: string): Volume | undefined {
+    return this.volumes.get(volumeId);
+  }
+
+  all(): IterableIterator<Volume> {
+    return this.volumes.values();
+  }
+
+  publish(spec: VolumeSpec, signal: AbortSignal): Promise<void> {
+    return this.mutex.run(spec.volumeId, () => this.publishLocked(spec, signal));
+  }
+
+  unpublish(volumeId: string, targetPath: string): Promise<void> {
+    return this.mutex.run(volumeId, () => this.unpublishLocked(volumeId, targetPath));
+  }
+
+  private async publishLocked(spec: VolumeSpec, callSignal: AbortSignal): Promise<void> {
+    const existing = this.volumes.get(spec.volumeId);
+    if (existing) {
+      const difference = specDifference(existing.spec, spec);
+      if (difference) {
+        throw new DriverError(
+          "already-exists",
+          `volume ${spec.volumeId} is already published with a different ${difference}; unpublish it first`,
+        );
+      }
+      return;
+    }
+    for (const other of this.volumes.values()) {
+      if (other.spec.targetPath === spec.targetPath) {
+        throw new DriverError(
+          "already-exists",
+          `target_path ${spec.targetPath} already holds volume ${other.spec.volumeId}; unpublish it first`,
+        );
+      }
+    }
+
+    const { logger } = this.options;
+    const { observer } = this.options.volume;
+    const started = performance.now();
+    await this.options.store.put(toRecord(spec));
+    const volume = new Volume(spec, "publishing", this.options.volume);
+    try {
+      await prepareTarget(spec.targetPath, this.options.backing, spec.fsGroup);
+      this.volumes.set(spec.volumeId, volume);
+      volume.start();
+      // kubelet cancelling its call does not stop the publish: its retry will find the result.
+      void callSignal;
+      await volume.waitForFirstWrite(AbortSignal.timeout(this.options.publishTimeoutMs));
+    } catch (error) {
+      this.volumes.delete(spec.volumeId);
+      await volume.stop();
+      await this.releaseTarget(spec.targetPath).catch((cleanupError: unknown) =>
+        logger.error({ volumeId: spec.volumeId, err: cleanupError }, "cleaning up a failed publish failed"),
+      );
+      await this.options.store.delete(spec.volumeId);
+      const failure = this.publishFailure(volume, error);
+      observer.publishFinished(failure.code, (performance.now() - started) / 1000);
+      throw failure;
+    }
+    const seconds = (performance.now() - started) / 1000;
+    observer.publishFinished("ok", seconds);
+    logger.info({ volumeId: spec.volumeId, pod: `${spec.pod.namespace}/${spec.pod.name}`, ms: Math.round(seconds * 1000) }, "volume published");
+  }
+
+  private publishFailure(volume: Volume, error: unknown): DriverError {
+    if (error instanceof DriverError) return error;
+    const timedOut = error instanceof DOMException && error.name === "TimeoutError";
+    const why = volume.explainMissingIdentity();
+    const seconds = this.options.publishTimeoutMs / 1000;
+    if (!timedOut) {
+      return new DriverError("internal", `preparing ${volume.spec.targetPath} failed: ${(error as Error).message}`, { cause: error });
+    }
+    const message = `no identity within ${seconds}s: ${why.detail}`;
+    switch (why.cause) {
+      case "not-authorized":
+        return new DriverError("failed-precondition", message);
+      case "unreachable":
+        return new DriverError("unavailable", message);
+      default:
+        return new DriverError("deadline-exceeded", message);
+    }
+  }
+
+  private async unpublishLocked(volumeId: string, targetPath: string): Promise<void> {
+    const volume = this.volumes.get(volumeId);
+    if (volume) {
+      await volume.stop();
+      this.volumes.delete(volumeId);
+      await this.releaseTarget(volume.spec.targetPath);
+    } else if ((await isMountPoint(targetPath)) || (await hasSnapshot(targetPath))) {
+      // Not ours in memory but our files are there (e.g. the record was lost): clean up anyway.
+      await this.releaseTarget(targetPath);
+    }
+    await this.options.store.delete(volumeId);
+    this.options.logger.info({ volumeId }, "volume unpublished");
+  }
+
+  private async releaseTarget(targetPath: string): Promise<void> {
+    await unmountTarget(targetPath);
+    await clearSnapshots(targetPath);
+  }
+
+  /**
+   * Re-adopts every recorded volume whose target still exists (resubscribe; files are rewritten
+   * from the first SVID set) and drops the records whose target kubelet already removed. Does
+   * not wait for the agent: a volume keeps its old files until the stream delivers.
+   */
+  async adoptAll(): Promise<AdoptionReport> {
+    const { records, quarantined } = await this.options.store.list();
+    const report: AdoptionReport = { adopted: 0, removedStale: 0, quarantined: quarantined.length };
+    for (const record of records) {
+      const logger = this.options.logger.child({ volumeId: record.volumeId });
+      if (!(await exists(record.targetPath))) {
+        await this.options.store.delete(record.volumeId);
+        report.removedStale += 1;
+        logger.info({ targetPath: record.targetPath }, "target is gone; dropped the volume's record");
+        continue;
+      }
+      let spec: VolumeSpec;
+      try {
+        spec = fromRecord(record);
+        await prepareTarget(spec.targetPath, this.options.backing, spec.fsGroup);
+      } catch (error) {
+        logger.error({ reason: (error as Error).message }, "cannot re-adopt volume; leaving its record for the next start");
+        continue;
+      }
+      const volume = new Volume(spec, "adopting", this.options.volume);
+      this.volumes.set(spec.volumeId, volume);
+      volume.start();
+      report.adopted += 1;
+    }
+    this.options.logger.info(report, "re-adopted recorded volumes");
+    return report;
+  }
+
+  /** Stops every stream; files and tmpfs mounts stay for the next process to re-adopt. */
+  async shutdown(): Promise<void> {
+    await Promise.all([...this.volumes.values()].map((volume) => volume.stop()));
+    this.volumes.clear();
+  }
+}
+
+function toRecord(spec: VolumeSpec): VolumeRecord {
+  return {
+    schemaVersion: 1,
+    volumeId: spec.volumeId,
+    targetPath: spec.targetPath,
+    podUid: spec.pod.uid,
+    podName: spec.pod.name,
+    podNamespace: spec.pod.namespace,
+    serviceAccount: spec.pod.serviceAccount,
+    attributes: spec.rawAttributes,
+    ...(spec.fsGroup === undefined ? {} : { fsGroup: spec.fsGroup }),
+    readOnly: true,
+    createdAt: new Date().toISOString(),
+  };
+}
+
+function fromRecord(record: VolumeRecord): VolumeSpec {
+  const { raw, attributes } = parseVolumeAttributes(record.attributes);
+  return {
+    volumeId: record.volumeId,
+    targetPath: record.targetPath,
+    pod: { uid: record.podUid, name: record.podName, namespace: record.podNamespace, serviceAccount: record.serviceAccount },
+    rawAttributes: raw,
+    attributes,
+    fsGroup: record.fsGroup,
+  };
+}
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await access(path);
+    return true;
+  } catch {
+    return false;
+  }
+}

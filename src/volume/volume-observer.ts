@@ -1,0 +1,19 @@
+/**
+ * What the volume lifecycle reports as it happens. The metrics module implements it; the
+ * lifecycle does not know about Prometheus.
+ */
+export interface VolumeObserver {
+  publishFinished(outcome: string, seconds: number): void;
+  snapshotWritten(first: boolean): void;
+  snapshotFailed(reason: string): void;
+  svidRejected(reason: string): void;
+  streamRetrying(stream: "x509-svids" | "x509-bundles"): void;
+}
+
+export const silentObserver: VolumeObserver = {
+  publishFinished: () => undefined,
+  snapshotWritten: () => undefined,
+  snapshotFailed: () => undefined,
+  svidRejected: () => undefined,
+  streamRetrying: () => undefined,
+};

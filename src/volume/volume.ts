@@ -1,0 +1,245 @@
+import { createHash } from "node:crypto";
+import type { Logger } from "pino";
+import type { AgentClient } from "../spire/agent-client.js";
+import type { AgentAvailability } from "../spire/agent-availability.js";
+import type { AgentProblem } from "../spire/agent-errors.js";
+import type { BackoffOptions } from "../spire/backoff.js";
+import type { BundleFeed } from "../spire/bundle-feed.js";
+import { ReconnectingStream } from "../spire/reconnecting-stream.js";
+import { parseX509SvidSet, type X509Identity } from "../spire/x509-identity.js";
+import type { SubscribeToX509SVIDsResponse } from "../gen/spire/api/agent/delegatedidentity/v1/delegatedidentity_pb.js";
+import { writeSnapshot } from "../files/atomic-snapshot.js";
+import { renderKubernetesTls } from "../files/kubernetes-tls-layout.js";
+import type { SnapshotFile } from "../files/snapshot-file.js";
+import { formatSelectors, podSelectors, type Selector } from "./selectors.js";
+import type { VolumeSpec } from "./volume-spec.js";
+import type { VolumeObserver } from "./volume-observer.js";
+import type { VolumeState } from "./volume-state.js";
+
+export interface VolumeDependencies {
+  client: AgentClient;
+  bundles: BundleFeed;
+  availability: AgentAvailability;
+  adminSocketPath: string;
+  backoff: BackoffOptions;
+  nodeName: string;
+  logger: Logger;
+  observer: VolumeObserver;
+}
+
+/** What the agent last told this volume, kept to explain a publish that timed out. */
+type LastObservation =
+  | { kind: "nothing-yet" }
+  | { kind: "empty-set" }
+  | { kind: "invalid-svids"; reasons: string[] }
+  | { kind: "no-bundle"; trustDomain: string }
+  | { kind: "agent-problem"; problem: AgentProblem }
+  | { kind: "write-failed"; reason: string };
+
+/**
+ * One published volume: its SVID stream, and the snapshot writer that turns each new SVID set
+ * (or trust bundle) into files. Writes are serialised and coalesced: while one write runs, only
+ * the newest pending update is kept.
+ */
+export class Volume {
+  state: VolumeState;
+  readonly selectors: Selector[];
+  private readonly stream: ReconnectingStream<SubscribeToX509SVIDsResponse>;
+  private readonly logger: Logger;
+  private identity: X509Identity | undefined;
+  private writtenKey: string | undefined;
+  private writeLoop: Promise<void> | undefined;
+  private writeWanted = false;
+  private lastObservation: LastObservation = { kind: "nothing-yet" };
+  private readonly firstWrite = deferred();
+  private readonly onBundles = () => this.scheduleWrite();
+
+  constructor(
+    readonly spec: VolumeSpec,
+    initialPhase: "publishing" | "adopting",
+    private readonly deps: VolumeDependencies,
+  ) {
+    this.state = { phase: initialPhase, since: Date.now() };
+    this.selectors = podSelectors(spec.pod, deps.nodeName);
+    this.logger = deps.logger.child({ volumeId: spec.volumeId, pod: `${spec.pod.namespace}/${spec.pod.name}` });
+    this.firstWrite.promise.catch(() => undefined);
+    this.stream = new ReconnectingStream({
+      open: (signal) => deps.client.subscribeToX509SVIDs({ selectors: this.selectors }, { signal }),
+      onMessage: (message) => this.acceptSvids(message),
+      onStatus: (status) => {
+        if (status.state !== "retrying") return;
+        deps.observer.streamRetrying("x509-svids");
+        this.lastObservation = { kind: "agent-problem", problem: status.problem };
+        if (this.state.phase === "live") {
+          this.state = { phase: "degraded", problem: status.problem.detail, identity: this.state.identity };
+        }
+        const level = status.problem.kind === "not-authorized" ? "error" : "warn";
+        this.logger[level]({ problem: status.problem.kind, retryInMs: status.delayMs }, status.problem.detail);
+      },
+      backoff: deps.backoff,
+      availability: deps.availability,
+      adminSocketPath: deps.adminSocketPath,
+      logger: this.logger,
+    });
+  }
+
+  start(): void {
+    this.deps.bundles.on("change", this.onBundles);
+    this.stream.start();
+  }
+
+  async stop(): Promise<void> {
+    this.deps.bundles.off("change", this.onBundles);
+    await this.stream.stop();
+    this.writeWanted = false;
+    await this.writeLoop;
+    this.state = { phase: "stopped" };
+    this.firstWrite.reject(new Error("volume stopped"));
+  }
+
+  /** Resolves once the first snapshot is on disk; rejects when the signal aborts first. */
+  async waitForFirstWrite(signal: AbortSignal): Promise<void> {
+    signal.throwIfAborted();
+    const aborted = new Promise<never>((_, reject) =>
+      signal.addEventListener("abort", () => reject(signal.reason), { once: true }),
+    );
+    aborted.catch(() => undefined);
+    await Promise.race([this.firstWrite.promise, aborted]);
+  }
+
+  /** Why no snapshot has been written yet, in words for the operator. */
+  explainMissingIdentity(): { detail: string; cause: "no-entry" | "unreachable" | "not-authorized" | "other" } {
+    const selectors = formatSelectors(this.selectors);
+    const observation = this.lastObservation;
+    switch (observation.kind) {
+      case "nothing-yet":
+        return {
+          detail: `the SPIRE agent sent no SVID yet for selectors [${selectors}] (a matching entry may not be minted yet)`,
+          cause: "other",
+        };
+      case "empty-set":
+        return {
+          detail:
+            `the SPIRE agent has no registration entry matching selectors [${selectors}]; ` +
+            `register one, e.g. spire-server entry create -parentID <agent> -spiffeID <id> ` +
+            `-selector k8s:ns:${this.spec.pod.namespace} -selector k8s:sa:${this.spec.pod.serviceAccount}`,
+          cause: "no-entry",
+        };
+      case "invalid-svids":
+        return { detail: `the SPIRE agent sent SVIDs that failed validation: ${observation.reasons.join("; ")}`, cause: "other" };
+      case "no-bundle":
+        return { detail: `the SPIRE agent sent no trust bundle for ${observation.trustDomain}`, cause: "other" };
+      case "agent-problem":
+        return {
+          detail: observation.problem.detail,
+          cause: observation.problem.kind === "stream-failed" ? "other" : observation.problem.kind,
+        };
+      case "write-failed":
+        return { detail: `writing the files failed: ${observation.reason}`, cause: "other" };
+    }
+  }
+
+  private acceptSvids(message: SubscribeToX509SVIDsResponse): void {
+    const set = parseX509SvidSet(message);
+    for (const rejected of set.rejected) {
+      this.logger.error({ spiffeId: rejected.spiffeId, reason: rejected.reason }, "rejected an SVID from the agent");
+      this.deps.observer.svidRejected(rejected.reason);
+    }
+    const chosen = set.identities[0];
+    if (!chosen) {
+      this.lastObservation =
+        set.rejected.length > 0
+          ? { kind: "invalid-svids", reasons: set.rejected.map((r) => `${r.spiffeId}: ${r.reason}`) }
+          : { kind: "empty-set" };
+      if (this.identity) {
+        this.logger.warn(
+          { selectors: formatSelectors(this.selectors) },
+          "the agent no longer has an SVID for this pod; keeping the last one until it expires",
+        );
+      }
+      return;
+    }
+    this.identity = chosen;
+    this.scheduleWrite();
+  }
+
+  private scheduleWrite(): void {
+    if (!this.identity || this.state.phase === "stopped") return;
+    this.writeWanted = true;
+    this.writeLoop ??= this.drainWrites().finally(() => {
+      this.writeLoop = undefined;
+    });
+  }
+
+  private async drainWrites(): Promise<void> {
+    while (this.writeWanted) {
+      this.writeWanted = false;
+      const identity = this.identity!;
+      const bundle = this.deps.bundles.current.get(identity.trustDomain);
+      if (!bundle || bundle.length === 0) {
+        this.lastObservation = { kind: "no-bundle", trustDomain: identity.trustDomain };
+        continue;
+      }
+      const key = `${identity.serialNumber}|${bundleFingerprint(bundle)}`;
+      if (key === this.writtenKey) continue;
+      try {
+        await writeSnapshot(this.spec.targetPath, this.render(identity, bundle), { gid: this.spec.fsGroup });
+      } catch (error) {
+        const reason = (error as NodeJS.ErrnoException).code ?? (error as Error).message;
+        this.lastObservation = { kind: "write-failed", reason };
+        this.logger.error({ reason }, "writing the volume snapshot failed; the previous files stay in place");
+        this.deps.observer.snapshotFailed(reason);
+        const previous = this.state.phase === "live" || this.state.phase === "degraded" ? this.state.identity : undefined;
+        this.state = { phase: "degraded", problem: `write failed: ${reason}`, identity: previous };
+        continue;
+      }
+      this.writtenKey = key;
+      const written = {
+        spiffeId: identity.spiffeId,
+        serialNumber: identity.serialNumber,
+        expiresAt: identity.expiresAt,
+        writtenAt: Date.now(),
+      };
+      const previousPhase = this.state.phase;
+      const wasFirst = previousPhase === "publishing" || previousPhase === "adopting";
+      this.state = { phase: "live", identity: written };
+      this.logger.info(
+        { spiffeId: identity.spiffeId, serialNumber: identity.serialNumber, expiresAt: identity.expiresAt },
+        previousPhase === "publishing"
+          ? "identity files written"
+          : previousPhase === "adopting"
+            ? "identity files rewritten after restart"
+            : "identity files rotated",
+      );
+      this.deps.observer.snapshotWritten(wasFirst);
+      this.firstWrite.resolve();
+    }
+  }
+
+  private render(identity: X509Identity, bundle: readonly Uint8Array[]): SnapshotFile[] {
+    const { attributes } = this.spec;
+    const [cert, key, ca] = renderKubernetesTls(identity, bundle);
+    return [
+      { ...cert!, name: attributes["csi.spire.io/cert-file"] },
+      { ...key!, name: attributes["csi.spire.io/key-file"] },
+      { ...ca!, name: attributes["csi.spire.io/bundle-file"] },
+    ];
+  }
+}
+
+function bundleFingerprint(bundle: readonly Uint8Array[]): string {
+  const hash = createHash("sha256");
+  for (const cert of bundle) hash.update(cert);
+  return hash.digest("hex");
+}
+
+/** Promise.withResolvers arrived in Node 22; Node 20 is supported. */
+function deferred(): { promise: Promise<void>; resolve(): void; reject(reason: unknown): void } {
+  let resolve!: () => void;
+  let reject!: (reason: unknown) => void;
+  const promise = new Promise<void>((res, rej) => {
+    resolve = res;
+    reject = rej;
+  });
+  return { promise, resolve, reject };
+}

@@ -1,0 +1,86 @@
+import assert from "node:assert/strict";
+import { stat } from "node:fs/promises";
+import { after, before, describe, test } from "node:test";
+import { setTimeout as sleep } from "node:timers/promises";
+import { Code } from "@connectrpc/connect";
+import { readVolumeIdentity } from "../support/identity-files.js";
+import { startDriverFixture, type DriverFixture } from "./driver-fixture.js";
+
+const pod = { uid: "1c2d3e4f-0000-4000-8000-00000000000a", name: "job-0", namespace: "batch", serviceAccount: "runner" };
+const entry = { id: "runner", spiffeId: "spiffe://example.org/ns/batch/sa/runner", selectors: [{ type: "k8s", value: "ns:batch" }, { type: "k8s", value: "sa:runner" }] };
+
+describe("agent behaviour and faults", () => {
+  let fx: DriverFixture;
+  before(async () => {
+    fx = await startDriverFixture({ driver: { publishTimeout: "1500ms" } });
+  });
+  after(() => fx.close());
+
+  test("no matching entry: publish fails at the deadline naming the selectors, then kubelet's retry succeeds once the entry exists", async () => {
+    const started = Date.now();
+    const outcome = await fx.kubelet.tryPublish(pod, "late", {}, { maxAttempts: 1 });
+    const elapsed = Date.now() - started;
+    assert.equal(outcome.error?.code, Code.DeadlineExceeded);
+    assert.match(outcome.error?.rawMessage ?? "", /no identity within 1\.5s: the SPIRE agent has no registration entry matching selectors \[k8s:ns:batch k8s:sa:runner k8s:pod-uid:1c2d3e4f-0000-4000-8000-00000000000a k8s:pod-name:job-0 k8s:node-name:test-node\]/);
+    assert.ok(elapsed >= 1400 && elapsed < 10_000, `failed at the deadline (${elapsed} ms)`);
+    assert.equal(fx.agent.openX509Streams, 0, "the failed publish closed its stream");
+
+    const retried = fx.kubelet.tryPublish(pod, "late", {}, { maxAttempts: 10 });
+    await sleep(500);
+    await fx.agent.addEntry(entry);
+    const result = await retried;
+    assert.equal(result.error, undefined);
+    assert.equal((await readVolumeIdentity(result.targetPath)).spiffeId, entry.spiffeId);
+    await fx.kubelet.unpublish(result);
+    fx.agent.removeEntry(entry.id);
+  });
+
+  test("driver not an authorized delegate: FAILED_PRECONDITION that says so", async () => {
+    await fx.agent.addEntry(entry);
+    fx.agent.deny(true);
+    try {
+      const outcome = await fx.kubelet.tryPublish(pod, "denied", {}, { maxAttempts: 1 });
+      assert.equal(outcome.error?.code, Code.FailedPrecondition);
+      assert.match(outcome.error?.rawMessage ?? "", /the SPIRE agent refused the driver \(PermissionDenied: .*\); register the driver with a SPIFFE ID listed in the agent's authorized_delegates/);
+    } finally {
+      fx.agent.deny(false);
+      fx.agent.removeEntry(entry.id);
+    }
+  });
+
+  test("agent restart mid-stream: files stay, the stream comes back, rotation continues", async () => {
+    await fx.agent.addEntry(entry);
+    const volume = await fx.kubelet.publish(pod, "restart");
+    const first = await readVolumeIdentity(volume.targetPath);
+    await fx.agent.stop();
+    await sleep(700);
+    assert.equal((await readVolumeIdentity(volume.targetPath)).serialNumber, first.serialNumber, "files kept while the agent is down");
+    assert.equal((await fx.kubelet.identity.probe({})).ready, false, "Probe reports not ready while the agent is away");
+    await fx.agent.start();
+    await fx.agent.waitForStreams(1, 10_000);
+    const mark = fx.driver.logs.length;
+    await fx.agent.rotate();
+    await fx.driver.waitForLog((line) => line.msg === "identity files rotated" && line.volumeId === volume.volumeId, 10_000, mark);
+    const rotated = await readVolumeIdentity(volume.targetPath);
+    assert.notEqual(rotated.serialNumber, first.serialNumber);
+    await fx.kubelet.unpublish(volume);
+    fx.agent.removeEntry(entry.id);
+  });
+
+  test("a dropped stream is resubscribed and duplicate messages cause no rewrite", async () => {
+    await fx.agent.addEntry(entry);
+    const volume = await fx.kubelet.publish(pod, "drop");
+    const calls = fx.agent.subscribeCalls;
+    fx.agent.dropStreams();
+    await fx.agent.waitForSubscribeCalls(calls + 1);
+    await fx.agent.waitForStreams(1);
+    const dataBefore = (await stat(`${volume.targetPath}/..data`, { bigint: true }).catch(() => undefined))?.ino;
+    const mark = fx.driver.logs.length;
+    fx.agent.resendCurrent();
+    await sleep(300);
+    assert.equal(fx.driver.logs.slice(mark).filter((line) => line.msg === "identity files rotated").length, 0, "no rewrite for a duplicate");
+    assert.equal((await stat(`${volume.targetPath}/..data`, { bigint: true }).catch(() => undefined))?.ino, dataBefore);
+    await fx.kubelet.unpublish(volume);
+    fx.agent.removeEntry(entry.id);
+  });
+});

@@ -1,0 +1,106 @@
+import assert from "node:assert/strict";
+import { access, readFile, stat, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { after, before, describe, test } from "node:test";
+import { isMountPoint } from "../../src/files/target-mount.js";
+import { readVolumeIdentity } from "../support/identity-files.js";
+import { startDriverFixture, type DriverFixture } from "./driver-fixture.js";
+
+const pods = [0, 1, 2].map((i) => ({
+  uid: `5e6f7a8b-0000-4000-8000-00000000010${i}`,
+  name: `app-${i}`,
+  namespace: "shop",
+  serviceAccount: "app",
+}));
+
+describe("restart safety (tmpfs backing, as in production)", () => {
+  let fx: DriverFixture;
+  before(async () => {
+    fx = await startDriverFixture({ driver: { volumeBacking: "tmpfs" } });
+    await fx.agent.addEntry({ id: "app", spiffeId: "spiffe://example.org/ns/shop/sa/app", selectors: [{ type: "k8s", value: "ns:shop" }, { type: "k8s", value: "sa:app" }] });
+  });
+  after(() => fx.close());
+
+  test("each target is a tmpfs mount, unmounted on unpublish", async () => {
+    const volume = await fx.kubelet.publish(pods[0]!, "tmp");
+    assert.equal(await isMountPoint(volume.targetPath), true);
+    const mountInfo = await readFile("/proc/self/mountinfo", "utf8");
+    const line = mountInfo.split("\n").find((l) => l.split(" ")[4] === volume.targetPath) ?? "";
+    assert.match(line, / - tmpfs tmpfs .*size=4096k/);
+    await fx.kubelet.unpublish(volume);
+    assert.equal(await isMountPoint(volume.targetPath), false);
+  });
+
+  test("SIGKILLed driver: on restart every volume is re-adopted and keeps rotating; a stale record is dropped", async () => {
+    const volumes = [];
+    for (const pod of pods) volumes.push(await fx.kubelet.publish(pod, "svid"));
+    const before = await Promise.all(volumes.map((v) => readVolumeIdentity(v.targetPath)));
+
+    // A record whose target kubelet already removed (the pod went away while the driver was down).
+    const staleId = "csi-ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff";
+    await writeFile(
+      join(fx.metadataDir, `${staleId}.json`),
+      JSON.stringify({
+        schemaVersion: 1,
+        volumeId: staleId,
+        targetPath: join(fx.kubeletRoot, "pods", "dead-pod", "volumes", "kubernetes.io~csi", "svid", "mount"),
+        podUid: "dead-pod",
+        podName: "dead",
+        podNamespace: "shop",
+        serviceAccount: "app",
+        attributes: {},
+        readOnly: true,
+        createdAt: new Date().toISOString(),
+      }),
+      { mode: 0o600 },
+    );
+
+    const killed = await fx.driver.stop("SIGKILL");
+    assert.equal(killed.signal, "SIGKILL");
+    for (const [i, volume] of volumes.entries()) {
+      assert.equal(await isMountPoint(volume.targetPath), true, "the tmpfs outlives the driver");
+      assert.equal((await readVolumeIdentity(volume.targetPath)).serialNumber, before[i]!.serialNumber, "files survive the crash");
+    }
+    await fx.agent.rotate();
+    const startMark = fx.driver.logs.length;
+    await fx.driver.start();
+    const adoption = await fx.driver.waitForLog((line) => line.msg === "re-adopted recorded volumes", 10_000, startMark);
+    assert.equal(adoption.adopted, 3);
+    assert.equal(adoption.removedStale, 1);
+    await assert.rejects(access(join(fx.metadataDir, `${staleId}.json`)));
+
+    for (const [i, volume] of volumes.entries()) {
+      await fx.driver.waitForLog((line) => line.volumeId === volume.volumeId && line.msg === "identity files rewritten after restart", 10_000, startMark);
+      const now = await readVolumeIdentity(volume.targetPath);
+      assert.notEqual(now.serialNumber, before[i]!.serialNumber, "rewritten from the live stream after restart");
+    }
+
+    // Still rotating, and publish is idempotent against the adopted state.
+    const mark = fx.driver.logs.length;
+    await fx.agent.rotate();
+    for (const volume of volumes) {
+      await fx.driver.waitForLog((line) => line.volumeId === volume.volumeId && line.msg === "identity files rotated", 10_000, mark);
+    }
+    const calls = fx.agent.subscribeCalls;
+    await fx.kubelet.publish(pods[0]!, "svid");
+    assert.equal(fx.agent.subscribeCalls, calls, "re-publish after restart opens no second stream");
+    for (const volume of volumes) await fx.kubelet.unpublish(volume);
+  });
+
+  test("SIGTERM: clean exit, socket removed, files stay", async () => {
+    const volume = await fx.kubelet.publish(pods[1]!, "term");
+    const result = await fx.driver.stop("SIGTERM");
+    assert.equal(result.code, 0);
+    await assert.rejects(stat(fx.driver.options.pluginSocket), { code: "ENOENT" });
+    assert.equal((await readVolumeIdentity(volume.targetPath)).spiffeId, "spiffe://example.org/ns/shop/sa/app");
+    await fx.driver.start();
+    await fx.kubelet.unpublish(volume);
+  });
+
+  test("a stale socket file left by a killed driver does not block the next start", async () => {
+    await fx.driver.stop("SIGKILL");
+    await access(fx.driver.options.pluginSocket);
+    await fx.driver.start();
+    assert.equal((await fx.kubelet.identity.getPluginInfo({})).name, "csi.spire.io");
+  });
+});

@@ -1,0 +1,167 @@
+import { spawn, type ChildProcess } from "node:child_process";
+import { once } from "node:events";
+import { createWriteStream, type WriteStream } from "node:fs";
+import { connect } from "node:net";
+import { join } from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
+import { fileURLToPath } from "node:url";
+
+const repoRoot = fileURLToPath(new URL("../..", import.meta.url));
+
+export interface DriverProcessOptions {
+  pluginSocket: string;
+  agentSocket: string;
+  kubeletRoot: string;
+  metadataDir: string;
+  nodeId?: string;
+  volumeBacking?: "tmpfs" | "directory";
+  publishTimeout?: string;
+  reconnectMin?: string;
+  reconnectMax?: string;
+  logFile: string;
+  /** Defaults to an ephemeral loopback port; the bound address is logged. */
+  metricsAddress?: string;
+  extraArgs?: string[];
+}
+
+interface LogLine {
+  level: number;
+  msg: string;
+  [key: string]: unknown;
+}
+
+/**
+ * The driver as a real child process (`node --import tsx src/main.ts`), so tests go through the
+ * CSI socket and can SIGKILL it. Every log line is kept (parsed) and appended to a file.
+ */
+export class DriverProcess {
+  readonly logs: LogLine[] = [];
+  readonly rawOutput: string[] = [];
+  private child: ChildProcess | undefined;
+  private logStream: WriteStream | undefined;
+
+  constructor(readonly options: DriverProcessOptions) {}
+
+  static async start(options: DriverProcessOptions): Promise<DriverProcess> {
+    const driver = new DriverProcess(options);
+    await driver.start();
+    return driver;
+  }
+
+  get pid(): number | undefined {
+    return this.child?.pid;
+  }
+
+  get running(): boolean {
+    return this.child !== undefined && this.child.exitCode === null && this.child.signalCode === null;
+  }
+
+  async start(): Promise<void> {
+    if (this.running) throw new Error("driver already running");
+    const { options } = this;
+    const args = [
+      "--import",
+      "tsx",
+      join(repoRoot, "src/main.ts"),
+      "--plugin-socket", options.pluginSocket,
+      "--agent-socket", options.agentSocket,
+      "--kubelet-root", options.kubeletRoot,
+      "--metadata-dir", options.metadataDir,
+      "--node-id", options.nodeId ?? "test-node",
+      "--volume-backing", options.volumeBacking ?? "directory",
+      "--publish-timeout", options.publishTimeout ?? "10s",
+      "--reconnect-min", options.reconnectMin ?? "100ms",
+      "--reconnect-max", options.reconnectMax ?? "1s",
+      "--log-level", "debug",
+      "--metrics-address", options.metricsAddress ?? "127.0.0.1:0",
+      ...(options.extraArgs ?? []),
+    ];
+    this.logStream ??= createWriteStream(options.logFile, { flags: "a" });
+    const child = spawn(process.execPath, args, { cwd: repoRoot, stdio: ["ignore", "pipe", "pipe"] });
+    this.child = child;
+    trackChild(child);
+    let buffered = "";
+    const onData = (chunk: Buffer) => {
+      this.logStream?.write(chunk);
+      buffered += chunk.toString("utf8");
+      const lines = buffered.split("\n");
+      buffered = lines.pop() ?? "";
+      for (const line of lines) {
+        this.rawOutput.push(line);
+        try {
+          this.logs.push(JSON.parse(line) as LogLine);
+        } catch {
+          // Not JSON (e.g. a stack trace on stderr): kept in rawOutput only.
+        }
+      }
+    };
+    child.stdout?.on("data", onData);
+    child.stderr?.on("data", onData);
+    await this.waitForSocket();
+  }
+
+  private async waitForSocket(timeoutMs = 30_000): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    while (Date.now() < deadline) {
+      if (!this.running) throw new Error(`driver exited during start:\n${this.rawOutput.slice(-20).join("\n")}`);
+      if (this.logs.some((line) => line.msg === "CSI server listening") && (await canConnect(this.options.pluginSocket))) return;
+      await sleep(50);
+    }
+    throw new Error(`driver socket ${this.options.pluginSocket} did not come up in ${timeoutMs} ms`);
+  }
+
+  /** Sends the signal and waits for the process to exit. */
+  async stop(signal: NodeJS.Signals = "SIGTERM"): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
+    const child = this.child;
+    if (!child || !this.running) return { code: child?.exitCode ?? null, signal: child?.signalCode ?? null };
+    const exited = once(child, "exit") as Promise<[number | null, NodeJS.Signals | null]>;
+    child.kill(signal);
+    const [code, exitSignal] = await exited;
+    return { code, signal: exitSignal };
+  }
+
+  async restart(signal: NodeJS.Signals = "SIGKILL"): Promise<void> {
+    await this.stop(signal);
+    this.logs.length = 0;
+    await this.start();
+  }
+
+  async dispose(): Promise<void> {
+    await this.stop("SIGKILL");
+    await new Promise<void>((resolve) => (this.logStream ? this.logStream.end(resolve) : resolve()));
+    this.logStream = undefined;
+  }
+
+  /** Waits until a log line matches, checking lines logged since `fromIndex`. */
+  async waitForLog(predicate: (line: LogLine) => boolean, timeoutMs = 20_000, fromIndex = 0): Promise<LogLine> {
+    const deadline = Date.now() + timeoutMs;
+    while (Date.now() < deadline) {
+      const match = this.logs.slice(fromIndex).find(predicate);
+      if (match) return match;
+      await sleep(25);
+    }
+    throw new Error(`no matching driver log line within ${timeoutMs} ms; last lines:\n${this.rawOutput.slice(-15).join("\n")}`);
+  }
+}
+
+function canConnect(socketPath: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = connect(socketPath);
+    socket.once("connect", () => {
+      socket.destroy();
+      resolve(true);
+    });
+    socket.once("error", () => resolve(false));
+  });
+}
+
+const children = new Set<ChildProcess>();
+process.once("exit", () => {
+  for (const child of children) child.kill("SIGKILL");
+});
+
+/** Backstop: no driver process outlives the test run, even when a test forgets to dispose it. */
+function trackChild(child: ChildProcess): void {
+  children.add(child);
+  child.once("exit", () => children.delete(child));
+}

@@ -1,0 +1,47 @@
+import assert from "node:assert/strict";
+import { test } from "node:test";
+import { ConfigError, helpText, loadConfig, options } from "../../src/config/config.js";
+
+test("defaults apply when nothing is set", () => {
+  const config = loadConfig([], { NODE_NAME: "node-a" });
+  assert.equal(config.pluginSocket, "/csi/csi.sock");
+  assert.equal(config.nodeId, "node-a");
+  assert.equal(config.agentSocket, "/run/spire/admin/admin.sock");
+  assert.equal(config.kubeletRoot, "/var/lib/kubelet");
+  assert.equal(config.publishTimeoutMs, 30_000);
+  assert.equal(config.volumeBacking, "tmpfs");
+  assert.equal(config.reconnectMinMs, 500);
+  assert.equal(config.reconnectMaxMs, 30_000);
+});
+
+test("flags win over environment, environment over defaults", () => {
+  const config = loadConfig(["--publish-timeout", "5s", "--node-id", "from-flag"], {
+    SPIRE_CSI_PUBLISH_TIMEOUT: "9s",
+    SPIRE_CSI_NODE_ID: "from-env",
+    SPIRE_CSI_VOLUME_BACKING: "directory",
+  });
+  assert.equal(config.publishTimeoutMs, 5_000);
+  assert.equal(config.nodeId, "from-flag");
+  assert.equal(config.volumeBacking, "directory");
+});
+
+test("bad values name the option and the rule", () => {
+  assert.throws(() => loadConfig(["--publish-timeout", "soon"], {}), (error: unknown) => {
+    assert.ok(error instanceof ConfigError);
+    assert.match(error.message, /--publish-timeout \(SPIRE_CSI_PUBLISH_TIMEOUT\) = "soon": .*duration/);
+    return true;
+  });
+  assert.throws(() => loadConfig(["--agent-socket", "relative.sock"], {}), /--agent-socket .*absolute path/);
+  assert.throws(() => loadConfig(["--volume-backing", "nfs"], {}), /--volume-backing/);
+  assert.throws(() => loadConfig(["--no-such-flag", "x"], {}), /--help/);
+  assert.throws(() => loadConfig(["--reconnect-min", "10s", "--reconnect-max", "1s"], {}), /--reconnect-max/);
+});
+
+test("--help lists every option with its environment variable and default", () => {
+  const text = helpText();
+  for (const [name, option] of Object.entries(options)) {
+    assert.ok(text.includes(`--${name}`), `help mentions --${name}`);
+    assert.ok(text.includes(`$${option.env}`), `help mentions $${option.env}`);
+    if (option.default) assert.ok(text.includes(`default: ${option.default}`), `help shows the default of --${name}`);
+  }
+});
