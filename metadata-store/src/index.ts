@@ -1,3 +1,3 @@
-export { MetadataStore, type QuarantinedRecord, type StoreLogger } from "./metadata-store.js";
+export { MetadataStore, type MetadataStoreOptions, type QuarantinedRecord, type StoreLogger } from "./metadata-store.js";
 export { MetadataStoreError, type MetadataStoreErrorCode } from "./errors.js";
-export { currentSchemaVersion, volumeRecordSchema, type VolumeRecord } from "./volume-record.js";
+export { currentSchemaVersion, volumeIdSchema, volumeRecordSchema, type VolumeRecord } from "./volume-record.js";

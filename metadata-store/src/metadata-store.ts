@@ -1,157 +1,294 @@
-import { chmod, mkdir, open, readdir, readFile, rename, stat, unlink } from "node:fs/promises";
-import { join } from "node:path";
+import { constants } from "node:fs";
+import { chmod, lstat, mkdir, open, readdir, rename, unlink } from "node:fs/promises";
+import { join, resolve } from "node:path";
 import writeFileAtomic from "write-file-atomic";
 import { MetadataStoreError } from "./errors.js";
+import { KeyLock } from "./key-lock.js";
 import { currentSchemaVersion, describeIssues, volumeIdSchema, volumeRecordSchema, type VolumeRecord } from "./volume-record.js";
 
+/** The subset of a pino logger the store uses. */
 export interface StoreLogger {
   warn(details: object, message: string): void;
   info(details: object, message: string): void;
 }
 
+/** A record file that could not be used: `file` is its name in the store dir, now moved to `quarantine/`. */
 export interface QuarantinedRecord {
   file: string;
   reason: string;
 }
 
+export interface MetadataStoreOptions {
+  logger?: StoreLogger;
+}
+
 const silent: StoreLogger = { warn: () => undefined, info: () => undefined };
 const recordSuffix = ".json";
-const quarantineDir = "quarantine";
-/** write-file-atomic's temp files are `<name>.json.<n>`; older than this they belong to a dead writer. */
+const quarantineDirName = "quarantine";
+/**
+ * write-file-atomic writes `<target>.<uint32 in decimal>` and renames it over `<target>`, so our
+ * temp files are exactly the names matching this pattern.
+ */
+const tempFilePattern = /^([A-Za-z0-9._-]{1,128})\.json\.\d+$/;
+/** A record write (a few hundred bytes + fsync + rename) is over long before this. */
 const staleTempMs = 60_000;
 
 /**
- * One JSON file per volume in a host dir (0700), each written atomically with fsync (0600), so a
- * crash leaves either the old or the new record, never a torn one. Reads validate every record;
- * a record that fails is moved to `quarantine/` with the reason logged, and never stops the
- * driver from adopting the others.
+ * Per-volume operations are serialized through one lock shared by every instance in the process,
+ * keyed by the resolved dir and the volume id, so two instances opened on the same dir agree.
+ */
+const locks = new KeyLock();
+
+type ReadOutcome =
+  | { kind: "record"; record: VolumeRecord }
+  | { kind: "quarantined"; quarantined: QuarantinedRecord }
+  | { kind: "missing" };
+
+/**
+ * One JSON file per volume (`<volumeId>.json`) in a host dir (0700), each written atomically with
+ * fsync (0600), so a crash leaves either the old or the new record, never a torn one. Reads
+ * validate every record; a record that fails is moved to `quarantine/<name>.<timestamp>` with
+ * the reason logged, and never stops the driver from adopting the others.
+ *
+ * Concurrency: put, get, delete (and list's handling of each file) for one volume id run one at a
+ * time in call order, so the last operation called wins. In particular a delete called while a
+ * put of the same id is in flight waits for that put to finish and then removes the record;
+ * without that queue the unlink could land between write-file-atomic's temp write and its rename,
+ * and the rename would resurrect the record. Different ids never wait for each other. The queue is
+ * per process: one driver process is expected to own the dir at a time.
  */
 export class MetadataStore {
-  private constructor(
-    readonly dir: string,
-    private readonly logger: StoreLogger,
-  ) {}
+  readonly dir: string;
 
-  static async open(dir: string, options: { logger?: StoreLogger } = {}): Promise<MetadataStore> {
-    try {
-      await mkdir(join(dir, quarantineDir), { recursive: true, mode: 0o700 });
-      await chmod(dir, 0o700);
-      await chmod(join(dir, quarantineDir), 0o700);
-    } catch (error) {
-      throw new MetadataStoreError("io", `cannot prepare metadata dir ${dir}: ${(error as Error).message}`, { cause: error });
-    }
-    return new MetadataStore(dir, options.logger ?? silent);
+  private constructor(
+    dir: string,
+    private readonly logger: StoreLogger,
+  ) {
+    this.dir = dir;
   }
 
+  /** Creates (or tightens to 0700) the dir and its `quarantine/` subdir. */
+  static async open(dir: string, options: MetadataStoreOptions = {}): Promise<MetadataStore> {
+    const absolute = resolve(dir);
+    const quarantine = join(absolute, quarantineDirName);
+    try {
+      await mkdir(quarantine, { recursive: true, mode: 0o700 });
+      await chmod(absolute, 0o700);
+      await chmod(quarantine, 0o700);
+    } catch (error) {
+      throw ioError(`cannot prepare the metadata dir ${absolute}`, error);
+    }
+    return new MetadataStore(absolute, options.logger ?? silent);
+  }
+
+  /** Validates and atomically writes the record, replacing any earlier record of the same volume. */
   async put(record: VolumeRecord): Promise<void> {
     const result = volumeRecordSchema.safeParse(record);
-    if (!result.success) throw new MetadataStoreError("invalid-record", `invalid volume record: ${describeIssues(result.error)}`);
-    try {
-      await writeFileAtomic(this.pathOf(result.data.volumeId), `${JSON.stringify(result.data, null, 2)}\n`, { mode: 0o600, fsync: true });
-    } catch (error) {
-      throw new MetadataStoreError("io", `writing the record of ${record.volumeId} failed: ${(error as Error).message}`, { cause: error });
+    if (!result.success) {
+      throw new MetadataStoreError("invalid-record", `invalid volume record: ${describeIssues(result.error)}`);
     }
+    const valid = result.data;
+    const content = `${JSON.stringify(valid, null, 2)}\n`;
+    await this.locked(valid.volumeId, async () => {
+      try {
+        await writeFileAtomic(this.pathOf(valid.volumeId), content, { mode: 0o600, fsync: true });
+      } catch (error) {
+        throw ioError(`writing the record of ${valid.volumeId} failed`, error);
+      }
+    });
   }
 
+  /** The record of the volume, or undefined if there is none. An unusable one is quarantined (and undefined). */
   async get(volumeId: string): Promise<VolumeRecord | undefined> {
-    const file = `${this.checkId(volumeId)}${recordSuffix}`;
-    const outcome = await this.read(file);
+    const id = checkId(volumeId);
+    const outcome = await this.locked(id, () => this.read(`${id}${recordSuffix}`));
     return outcome.kind === "record" ? outcome.record : undefined;
   }
 
   /** Deletes the record; a missing one is fine. The dir is fsynced so the delete survives a crash. */
   async delete(volumeId: string): Promise<void> {
-    try {
-      await unlink(this.pathOf(this.checkId(volumeId)));
-    } catch (error) {
-      if ((error as NodeJS.ErrnoException).code === "ENOENT") return;
-      throw new MetadataStoreError("io", `deleting the record of ${volumeId} failed: ${(error as Error).message}`, { cause: error });
-    }
-    await this.syncDir();
+    const id = checkId(volumeId);
+    await this.locked(id, async () => {
+      try {
+        await unlink(this.pathOf(id));
+      } catch (error) {
+        if (errnoOf(error) === "ENOENT") return;
+        throw ioError(`deleting the record of ${id} failed`, error);
+      }
+      try {
+        await syncDir(this.dir);
+      } catch (error) {
+        throw ioError(`syncing ${this.dir} after deleting the record of ${id} failed`, error);
+      }
+    });
   }
 
+  /**
+   * Every usable record, plus every record file that was moved to quarantine by this call. Never
+   * throws because of a bad record; throws MetadataStoreError("io") only if the filesystem fails.
+   *
+   * Which entries are looked at:
+   * - regular files named `*.json` are records (a symlink or other non-regular `*.json` entry is
+   *   quarantined, never followed);
+   * - `<volumeId>.json.<digits>` are write-file-atomic temp files: never read as records. One older
+   *   than a minute is removed (its writer died mid-write; the target record is untouched), a
+   *   fresher one is left alone since a writer, possibly in another process, may still rename it;
+   * - everything else (subdirectories such as `quarantine/`, other names) is ignored and left as is:
+   *   it is not ours to delete.
+   */
   async list(): Promise<{ records: VolumeRecord[]; quarantined: QuarantinedRecord[] }> {
+    let names: string[];
+    try {
+      names = (await readdir(this.dir)).sort();
+    } catch (error) {
+      throw ioError(`listing ${this.dir} failed`, error);
+    }
     const records: VolumeRecord[] = [];
     const quarantined: QuarantinedRecord[] = [];
-    for (const entry of await readdir(this.dir, { withFileTypes: true })) {
-      if (!entry.isFile()) continue;
-      if (!entry.name.endsWith(recordSuffix)) {
-        await this.sweepTempFile(entry.name);
+    for (const name of names) {
+      if (name.endsWith(recordSuffix)) {
+        const outcome = await this.lockedByFileName(name, () => this.read(name));
+        if (outcome.kind === "record") records.push(outcome.record);
+        else if (outcome.kind === "quarantined") quarantined.push(outcome.quarantined);
         continue;
       }
-      const outcome = await this.read(entry.name);
-      if (outcome.kind === "record") records.push(outcome.record);
-      else if (outcome.kind === "quarantined") quarantined.push(outcome.quarantined);
+      const temp = tempFilePattern.exec(name);
+      if (temp?.[1] !== undefined) await this.lockedByFileName(`${temp[1]}${recordSuffix}`, () => this.sweepTempFile(name));
     }
     return { records, quarantined };
   }
 
-  private async read(
-    file: string,
-  ): Promise<{ kind: "record"; record: VolumeRecord } | { kind: "quarantined"; quarantined: QuarantinedRecord } | { kind: "missing" }> {
+  /** A directory that happens to be named `*.json` is not a record: it reads as missing and is left alone. */
+  private async read(file: string): Promise<ReadOutcome> {
+    const path = join(this.dir, file);
     let text: string;
     try {
-      text = await readFile(join(this.dir, file), "utf8");
+      // O_NOFOLLOW: a symlink planted in the dir is never followed to somewhere else.
+      const handle = await open(path, constants.O_RDONLY | constants.O_NOFOLLOW);
+      try {
+        const info = await handle.stat();
+        if (info.isDirectory()) return { kind: "missing" };
+        if (!info.isFile()) return await this.quarantine(file, "not a regular file");
+        text = await handle.readFile("utf8");
+      } finally {
+        await handle.close();
+      }
     } catch (error) {
-      if ((error as NodeJS.ErrnoException).code === "ENOENT") return { kind: "missing" };
-      throw new MetadataStoreError("io", `reading ${file} failed: ${(error as Error).message}`, { cause: error });
+      if (error instanceof MetadataStoreError) throw error;
+      const code = errnoOf(error);
+      if (code === "ENOENT") return { kind: "missing" };
+      if (code === "ELOOP") return await this.quarantine(file, "a symbolic link, not a regular file");
+      throw ioError(`reading ${file} failed`, error);
     }
-    const reason = problemWith(text, file);
-    if (typeof reason === "string") return { kind: "quarantined", quarantined: await this.quarantine(file, reason) };
-    return { kind: "record", record: reason.record };
+    const problem = parseRecord(text, file);
+    if (typeof problem === "string") return await this.quarantine(file, problem);
+    return { kind: "record", record: problem.record };
   }
 
-  private async quarantine(file: string, reason: string): Promise<QuarantinedRecord> {
-    const destination = join(quarantineDir, `${file}.${new Date().toISOString().replace(/[:.]/g, "-")}`);
-    await rename(join(this.dir, file), join(this.dir, destination));
-    await this.syncDir();
-    this.logger.warn({ file, movedTo: destination, reason }, "quarantined an unreadable volume record");
-    return { file, reason };
+  /**
+   * Moves the file to `quarantine/<file>.<timestamp>` (with a counter if that name is taken) and
+   * reports it. If the move itself fails the record is still reported and left in place, to be
+   * reported again by the next list; a bad record never makes the store throw.
+   */
+  private async quarantine(file: string, reason: string): Promise<ReadOutcome> {
+    const stamp = new Date().toISOString().replace(/[:.]/g, "-");
+    const quarantineDir = join(this.dir, quarantineDirName);
+    try {
+      let target = `${file}.${stamp}`;
+      for (let n = 1; await exists(join(quarantineDir, target)); n++) target = `${file}.${stamp}.${n}`;
+      await rename(join(this.dir, file), join(quarantineDir, target));
+      await syncDir(this.dir);
+      await syncDir(quarantineDir);
+      this.logger.warn({ file, movedTo: join(quarantineDirName, target), reason }, "quarantined an unusable volume record");
+    } catch (error) {
+      if (errnoOf(error) === "ENOENT") return { kind: "missing" };
+      this.logger.warn({ file, reason, err: error }, "found an unusable volume record but could not move it to quarantine");
+      return { kind: "quarantined", quarantined: { file, reason: `${reason} (not moved: ${messageOf(error)})` } };
+    }
+    return { kind: "quarantined", quarantined: { file, reason } };
   }
 
   private async sweepTempFile(name: string): Promise<void> {
-    if (!/\.json\.\d+$/.test(name)) return;
     const path = join(this.dir, name);
-    const info = await stat(path).catch(() => undefined);
-    if (info && Date.now() - info.mtimeMs > staleTempMs) {
-      await unlink(path).catch(() => undefined);
+    const info = await lstat(path).catch(() => undefined);
+    if (!info?.isFile() || Date.now() - info.mtimeMs <= staleTempMs) return;
+    try {
+      await unlink(path);
       this.logger.info({ file: name }, "removed a temp file left by an interrupted record write");
+    } catch (error) {
+      if (errnoOf(error) !== "ENOENT") this.logger.warn({ file: name, err: error }, "could not remove a stale temp file");
     }
   }
 
-  private checkId(volumeId: string): string {
-    const result = volumeIdSchema.safeParse(volumeId);
-    if (!result.success) throw new MetadataStoreError("invalid-record", `invalid volume record: volumeId: ${result.error.issues[0]?.message}`);
-    return result.data;
+  private locked<T>(volumeId: string, job: () => Promise<T>): Promise<T> {
+    return locks.run(`${this.dir}\0${volumeId}`, job);
+  }
+
+  /** Files named after a valid volume id share that id's queue; any other name cannot race with put. */
+  private lockedByFileName<T>(file: string, job: () => Promise<T>): Promise<T> {
+    const id = file.slice(0, -recordSuffix.length);
+    return volumeIdSchema.safeParse(id).success ? this.locked(id, job) : job();
   }
 
   private pathOf(volumeId: string): string {
     return join(this.dir, `${volumeId}${recordSuffix}`);
   }
-
-  private async syncDir(): Promise<void> {
-    const handle = await open(this.dir, "r");
-    try {
-      await handle.sync();
-    } finally {
-      await handle.close();
-    }
-  }
 }
 
-function problemWith(text: string, file: string): string | { record: VolumeRecord } {
+/** The record in `text`, or why it cannot be used. */
+function parseRecord(text: string, file: string): string | { record: VolumeRecord } {
   let json: unknown;
   try {
     json = JSON.parse(text);
   } catch (error) {
-    return `not JSON (${(error as Error).message})`;
+    return `not JSON (${messageOf(error)})`;
   }
-  const version = (json as { schemaVersion?: unknown } | null)?.schemaVersion;
-  if (typeof json === "object" && json !== null && version !== currentSchemaVersion) {
-    return `unsupported schemaVersion ${JSON.stringify(version)}`;
+  if (typeof json === "object" && json !== null && !Array.isArray(json) && "schemaVersion" in json) {
+    const version: unknown = json.schemaVersion;
+    if (version !== currentSchemaVersion) return `unsupported schemaVersion ${typeof version === "number" ? version : JSON.stringify(version)}`;
   }
   const result = volumeRecordSchema.safeParse(json);
   if (!result.success) return describeIssues(result.error);
   if (`${result.data.volumeId}${recordSuffix}` !== file) return `volumeId ${result.data.volumeId} does not match the file name`;
   return { record: result.data };
+}
+
+function checkId(volumeId: string): string {
+  const result = volumeIdSchema.safeParse(volumeId);
+  if (!result.success) {
+    const rules = result.error.issues.map((issue) => issue.message).join("; ");
+    throw new MetadataStoreError("invalid-record", `invalid volumeId ${JSON.stringify(volumeId)}: ${rules}`);
+  }
+  return result.data;
+}
+
+async function syncDir(dir: string): Promise<void> {
+  const handle = await open(dir, "r");
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await lstat(path);
+    return true;
+  } catch (error) {
+    if (errnoOf(error) === "ENOENT") return false;
+    throw error;
+  }
+}
+
+function errnoOf(error: unknown): string | undefined {
+  return (error as NodeJS.ErrnoException | undefined)?.code;
+}
+
+function messageOf(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}
+
+function ioError(what: string, error: unknown): MetadataStoreError {
+  return new MetadataStoreError("io", `${what}: ${messageOf(error)}`, { cause: error });
 }

@@ -3,6 +3,11 @@ import { z } from "zod";
 
 export const currentSchemaVersion = 1;
 
+/**
+ * kubelet sends "csi-<64 hex>", but any 1-128 characters of [A-Za-z0-9._-] are accepted. The id
+ * becomes a file name, so "/" is impossible and "." / ".." are refused: a record can never be
+ * written outside the store's directory.
+ */
 export const volumeIdSchema = z
   .string()
   .regex(/^[A-Za-z0-9._-]{1,128}$/, "must be 1-128 characters of A-Z a-z 0-9 . _ -")
@@ -16,23 +21,34 @@ export const volumeIdSchema = z
 export const volumeRecordSchema = z.strictObject({
   schemaVersion: z.literal(currentSchemaVersion),
   volumeId: volumeIdSchema,
-  targetPath: z.string().refine(isAbsolute, "must be an absolute path"),
+  targetPath: z
+    .string()
+    .refine((path) => isAbsolute(path), "must be an absolute path")
+    .refine((path) => !path.includes("\0"), "must not contain NUL"),
   podUid: z.string().min(1, "must not be empty"),
   podName: z.string().min(1, "must not be empty"),
   podNamespace: z.string().min(1, "must not be empty"),
   serviceAccount: z.string().min(1, "must not be empty"),
   attributes: z.record(z.string(), z.string()),
-  fsGroup: z.number().int().min(0).max(2_147_483_647).optional(),
+  fsGroup: z.number().int("must be an integer").min(0, "must be >= 0").max(2_147_483_647, "must be <= 2147483647").optional(),
   readOnly: z.boolean(),
-  createdAt: z.iso.datetime({ message: "must be an ISO 8601 timestamp" }),
+  createdAt: z.iso.datetime({ offset: true, message: "must be an ISO 8601 timestamp" }),
 });
 
 export type VolumeRecord = z.infer<typeof volumeRecordSchema>;
 
-/** "field: rule" of the first problem, for error messages and quarantine reasons. */
+/**
+ * "field: rule" for each problem (joined with "; "), for error messages and quarantine reasons.
+ * Unknown keys of the strict object have no path of their own, so the keys are named instead.
+ */
 export function describeIssues(error: z.ZodError): string {
-  const issue = error.issues[0];
-  if (!issue) return "invalid";
-  const path = issue.path.length > 0 ? issue.path.join(".") : "(record)";
-  return `${path}: ${issue.message}`;
+  const parts = error.issues.map((issue) => {
+    if (issue.code === "unrecognized_keys") {
+      const prefix = issue.path.length > 0 ? `${issue.path.join(".")}.` : "";
+      return issue.keys.map((key) => `${prefix}${key}: unknown field`).join("; ");
+    }
+    const path = issue.path.length > 0 ? issue.path.map(String).join(".") : "(record)";
+    return `${path}: ${issue.message}`;
+  });
+  return parts.length > 0 ? parts.join("; ") : "invalid";
 }

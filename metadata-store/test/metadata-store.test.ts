@@ -1,56 +1,45 @@
 import assert from "node:assert/strict";
-import { mkdtemp, readdir, readFile, rm, stat, utimes, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { chmod, mkdir, readdir, readFile, stat, symlink, utimes, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { test, type TestContext } from "node:test";
+import { test } from "node:test";
 import { MetadataStore, MetadataStoreError, type VolumeRecord } from "../src/index.js";
+import { collectingLogger, record, tempStoreDir } from "./helpers.js";
 
-async function tempDir(t: TestContext): Promise<string> {
-  const dir = await mkdtemp(join(tmpdir(), "meta-"));
-  t.after(() => rm(dir, { recursive: true, force: true }));
-  return join(dir, "volumes");
-}
+const kubeletId = `csi-${"ab12".repeat(16)}`;
 
-function record(volumeId: string, overrides: Partial<VolumeRecord> = {}): VolumeRecord {
-  return {
-    schemaVersion: 1,
-    volumeId,
-    targetPath: `/var/lib/kubelet/pods/uid-${volumeId}/volumes/kubernetes.io~csi/spiffe/mount`,
-    podUid: `uid-${volumeId}`,
-    podName: "web-0",
-    podNamespace: "demo",
-    serviceAccount: "web",
-    attributes: { "csi.spire.io/cert-file": "svid.pem" },
-    readOnly: true,
-    createdAt: "2026-11-24T10:00:00.000Z",
-    ...overrides,
-  };
-}
-
-function collectingLogger() {
-  const warnings: { details: object; message: string }[] = [];
-  return { warnings, logger: { warn: (details: object, message: string) => warnings.push({ details, message }), info: () => undefined } };
-}
-
-test("put then get and list round-trip; a new instance on the same dir sees the records", async (t) => {
-  const dir = await tempDir(t);
+test("put then get round-trips; list returns all; a new instance on the same dir sees the records", async (t) => {
+  const dir = await tempStoreDir(t);
   const store = await MetadataStore.open(dir);
-  await store.put(record("csi-a"));
-  await store.put(record("csi-b", { fsGroup: 2000 }));
-  assert.deepEqual(await store.get("csi-a"), record("csi-a"));
+  await store.put(record(kubeletId));
+  await store.put(record("csi-b", { fsGroup: 2000, readOnly: false, attributes: {} }));
+  assert.deepEqual(await store.get(kubeletId), record(kubeletId));
+  assert.deepEqual(await store.get("csi-b"), record("csi-b", { fsGroup: 2000, readOnly: false, attributes: {} }));
   assert.equal(await store.get("csi-missing"), undefined);
+
   const reopened = await MetadataStore.open(dir);
   const { records, quarantined } = await reopened.list();
-  assert.deepEqual(records.map((r) => r.volumeId).sort(), ["csi-a", "csi-b"]);
-  assert.equal(records.find((r) => r.volumeId === "csi-b")?.fsGroup, 2000);
+  assert.deepEqual(
+    records.sort((a, b) => a.volumeId.localeCompare(b.volumeId)),
+    [record(kubeletId), record("csi-b", { fsGroup: 2000, readOnly: false, attributes: {} })],
+  );
   assert.deepEqual(quarantined, []);
 });
 
-test("dir is 0700 (also when it existed with looser modes), records are 0600", async (t) => {
-  const dir = await tempDir(t);
+test("put overwrites, and the file is pretty JSON with a trailing newline", async (t) => {
+  const store = await MetadataStore.open(await tempStoreDir(t));
+  await store.put(record("csi-a"));
+  await store.put(record("csi-a", { podName: "web-1" }));
+  assert.equal((await store.get("csi-a"))?.podName, "web-1");
+  const text = await readFile(join(store.dir, "csi-a.json"), "utf8");
+  assert.equal(text, `${JSON.stringify(record("csi-a", { podName: "web-1" }), null, 2)}\n`);
+  assert.equal((await store.list()).records.length, 1);
+});
+
+test("dir and quarantine/ are 0700 (also when they existed with looser modes), records are 0600", async (t) => {
+  const dir = await tempStoreDir(t);
   await MetadataStore.open(dir);
-  const { chmod } = await import("node:fs/promises");
   await chmod(dir, 0o755);
+  await chmod(join(dir, "quarantine"), 0o777);
   const store = await MetadataStore.open(dir);
   await store.put(record("csi-a"));
   assert.equal((await stat(dir)).mode & 0o777, 0o700);
@@ -58,92 +47,222 @@ test("dir is 0700 (also when it existed with looser modes), records are 0600", a
   assert.equal((await stat(join(dir, "csi-a.json"))).mode & 0o777, 0o600);
 });
 
-test("delete is idempotent", async (t) => {
-  const store = await MetadataStore.open(await tempDir(t));
-  await store.put(record("csi-a"));
-  await store.delete("csi-a");
-  await store.delete("csi-a");
-  assert.equal(await store.get("csi-a"), undefined);
-  assert.deepEqual((await store.list()).records, []);
+test("open fails with an io MetadataStoreError when the dir cannot be created", async (t) => {
+  const dir = await tempStoreDir(t);
+  await mkdir(join(dir, ".."), { recursive: true });
+  await writeFile(dir, "a file, not a dir");
+  await assert.rejects(MetadataStore.open(dir), (error: unknown) => {
+    assert.ok(error instanceof MetadataStoreError);
+    assert.equal(error.code, "io");
+    assert.match(error.message, /cannot prepare the metadata dir/);
+    return true;
+  });
 });
 
-test("invalid records are refused on put with the field named", async (t) => {
-  const store = await MetadataStore.open(await tempDir(t));
-  const cases: [VolumeRecord, RegExp][] = [
+test("delete is idempotent and durable-looking: the file is gone", async (t) => {
+  const store = await MetadataStore.open(await tempStoreDir(t));
+  await store.put(record("csi-a"));
+  await store.put(record("csi-b"));
+  await store.delete("csi-a");
+  await store.delete("csi-a");
+  await store.delete("csi-never-existed");
+  assert.equal(await store.get("csi-a"), undefined);
+  assert.deepEqual((await store.list()).records.map((r) => r.volumeId), ["csi-b"]);
+  assert.deepEqual((await readdir(store.dir)).sort(), ["csi-b.json", "quarantine"]);
+});
+
+test("invalid records are refused on put with the failing field named, and nothing is written", async (t) => {
+  const store = await MetadataStore.open(await tempStoreDir(t));
+  const cases: [unknown, RegExp][] = [
     [record("csi-a", { targetPath: "relative/mount" }), /^invalid volume record: targetPath: must be an absolute path$/],
     [record("csi/../../etc"), /^invalid volume record: volumeId: must be 1-128 characters/],
-    [record(".."), /^invalid volume record: volumeId: must not be \. or \.\./],
-    [record("csi-a", { podNamespace: "" }), /^invalid volume record: podNamespace: must not be empty/],
-    [record("csi-a", { fsGroup: -1 }), /^invalid volume record: fsGroup:/],
-    [{ ...record("csi-a"), key: "secret" } as VolumeRecord, /^invalid volume record: \(record\): .*key/i],
+    [record("a/b"), /^invalid volume record: volumeId: /],
+    [record(".."), /^invalid volume record: volumeId: must not be \. or \.\.$/],
+    [record(""), /^invalid volume record: volumeId: /],
+    [record("x".repeat(129)), /^invalid volume record: volumeId: /],
+    [record("csi-a", { podNamespace: "" }), /^invalid volume record: podNamespace: must not be empty$/],
+    [record("csi-a", { fsGroup: -1 }), /^invalid volume record: fsGroup: must be >= 0$/],
+    [record("csi-a", { fsGroup: 2 ** 31 }), /^invalid volume record: fsGroup: must be <= 2147483647$/],
+    [record("csi-a", { fsGroup: 1.5 }), /^invalid volume record: fsGroup: must be an integer$/],
+    [record("csi-a", { createdAt: "yesterday" }), /^invalid volume record: createdAt: must be an ISO 8601 timestamp$/],
+    [{ ...record("csi-a"), attributes: { "csi.spire.io/x": 1 } }, /^invalid volume record: attributes\.csi\.spire\.io\/x: /],
+    [{ ...record("csi-a"), schemaVersion: 2 }, /^invalid volume record: schemaVersion: /],
+    [{ ...record("csi-a"), privateKey: "secret" }, /^invalid volume record: privateKey: unknown field$/],
+    [null, /^invalid volume record: \(record\): /],
   ];
   for (const [bad, message] of cases) {
-    await assert.rejects(store.put(bad), (error: unknown) => {
-      assert.ok(error instanceof MetadataStoreError);
+    await assert.rejects(store.put(bad as VolumeRecord), (error: unknown) => {
+      assert.ok(error instanceof MetadataStoreError, `${message}: not a MetadataStoreError`);
+      assert.equal(error.name, "MetadataStoreError");
       assert.equal(error.code, "invalid-record");
       assert.match(error.message, message);
       return true;
     });
   }
-  assert.deepEqual((await readdir(store.dir)).filter((name) => name.endsWith(".json")), []);
-  await assert.rejects(store.get("../x"), { code: "invalid-record" });
+  assert.deepEqual(await readdir(store.dir), ["quarantine"]);
+});
+
+test("get and delete refuse ids that could escape the dir", async (t) => {
+  const store = await MetadataStore.open(await tempStoreDir(t));
+  for (const id of ["../x", "..", "a/b", ""]) {
+    await assert.rejects(store.get(id), { name: "MetadataStoreError", code: "invalid-record", message: /^invalid volumeId / });
+    await assert.rejects(store.delete(id), { name: "MetadataStoreError", code: "invalid-record" });
+  }
 });
 
 test("corrupt, truncated, unknown-version, extra-key and misnamed records are quarantined; good ones still listed", async (t) => {
-  const dir = await tempDir(t);
+  const dir = await tempStoreDir(t);
   const { warnings, logger } = collectingLogger();
   const store = await MetadataStore.open(dir, { logger });
   await store.put(record("csi-good"));
-  const full = JSON.stringify(record("csi-truncated"));
-  await writeFile(join(dir, "csi-corrupt.json"), "{not json", { mode: 0o600 });
-  await writeFile(join(dir, "csi-truncated.json"), full.slice(0, full.length / 2), { mode: 0o600 });
-  await writeFile(join(dir, "csi-future.json"), JSON.stringify({ ...record("csi-future"), schemaVersion: 99 }), { mode: 0o600 });
-  await writeFile(join(dir, "csi-extra.json"), JSON.stringify({ ...record("csi-extra"), surprise: true }), { mode: 0o600 });
-  await writeFile(join(dir, "csi-misnamed.json"), JSON.stringify(record("csi-other")), { mode: 0o600 });
+  await store.put(record("csi-truncated"));
+  const full = await readFile(join(dir, "csi-truncated.json"), "utf8");
+  await writeFile(join(dir, "csi-truncated.json"), full.slice(0, Math.floor(full.length / 2)));
+  await writeFile(join(dir, "csi-corrupt.json"), "{not json");
+  await writeFile(join(dir, "csi-empty.json"), "");
+  await writeFile(join(dir, "csi-future.json"), JSON.stringify({ ...record("csi-future"), schemaVersion: 99 }));
+  await writeFile(join(dir, "csi-extra.json"), JSON.stringify({ ...record("csi-extra"), surprise: true }));
+  await writeFile(join(dir, "csi-misnamed.json"), JSON.stringify(record("csi-other")));
+  await writeFile(join(dir, "csi-relative.json"), JSON.stringify(record("csi-relative", { targetPath: "mount" })));
 
   const { records, quarantined } = await store.list();
-  assert.deepEqual(records.map((r) => r.volumeId), ["csi-good"]);
+  assert.deepEqual(records, [record("csi-good")]);
   const reasons = Object.fromEntries(quarantined.map((q) => [q.file, q.reason]));
+  assert.deepEqual(Object.keys(reasons).sort(), [
+    "csi-corrupt.json",
+    "csi-empty.json",
+    "csi-extra.json",
+    "csi-future.json",
+    "csi-misnamed.json",
+    "csi-relative.json",
+    "csi-truncated.json",
+  ]);
   assert.match(reasons["csi-corrupt.json"] ?? "", /^not JSON/);
   assert.match(reasons["csi-truncated.json"] ?? "", /^not JSON/);
+  assert.match(reasons["csi-empty.json"] ?? "", /^not JSON/);
   assert.equal(reasons["csi-future.json"], "unsupported schemaVersion 99");
-  assert.match(reasons["csi-extra.json"] ?? "", /surprise/);
-  assert.match(reasons["csi-misnamed.json"] ?? "", /does not match the file name/);
-  assert.equal(warnings.length, 5, "each quarantine is logged");
+  assert.equal(reasons["csi-extra.json"], "surprise: unknown field");
+  assert.equal(reasons["csi-misnamed.json"], "volumeId csi-other does not match the file name");
+  assert.equal(reasons["csi-relative.json"], "targetPath: must be an absolute path");
+
+  assert.equal(warnings.length, 7, "each quarantine is logged");
+  assert.ok(warnings.every((w) => w.message === "quarantined an unusable volume record"));
+  assert.deepEqual(
+    warnings.map((w) => (w.details as { file: string }).file).sort(),
+    Object.keys(reasons).sort(),
+  );
 
   const moved = await readdir(join(dir, "quarantine"));
-  assert.equal(moved.length, 5);
-  assert.ok(moved.some((name) => name.startsWith("csi-future.json.")));
-  assert.equal(await readFile(join(dir, "quarantine", moved.find((n) => n.startsWith("csi-corrupt.json."))!), "utf8"), "{not json");
+  assert.equal(moved.length, 7);
+  for (const file of Object.keys(reasons)) {
+    assert.ok(moved.some((name) => new RegExp(`^${file.replace(".", "\\.")}\\.\\d{4}-\\d\\d-\\d\\dT`).test(name)), `${file} moved`);
+  }
+  const corrupt = moved.find((n) => n.startsWith("csi-corrupt.json."));
+  assert.equal(await readFile(join(dir, "quarantine", corrupt ?? "missing"), "utf8"), "{not json", "content kept as evidence");
   assert.deepEqual((await readdir(dir)).sort(), ["csi-good.json", "quarantine"], "only good records remain");
-  assert.equal((await store.list()).quarantined.length, 0, "a second list finds nothing more to quarantine");
+  assert.deepEqual(await store.list(), { records: [record("csi-good")], quarantined: [] }, "a second list finds nothing more");
 });
 
-test("temp files of an interrupted write are not records; stale ones are swept", async (t) => {
-  const dir = await tempDir(t);
+test("get of a corrupt record quarantines it and returns undefined", async (t) => {
+  const dir = await tempStoreDir(t);
+  const { warnings, logger } = collectingLogger();
+  const store = await MetadataStore.open(dir, { logger });
+  await writeFile(join(dir, "csi-a.json"), '{"schemaVersion": 1, "volumeId": "csi-a"');
+  assert.equal(await store.get("csi-a"), undefined);
+  assert.equal(warnings.length, 1);
+  assert.deepEqual(await readdir(dir).then((names) => names.sort()), ["quarantine"]);
+  assert.equal((await readdir(join(dir, "quarantine"))).length, 1);
+  await store.put(record("csi-a"));
+  assert.deepEqual(await store.get("csi-a"), record("csi-a"), "the volume can be recorded again");
+});
+
+test("a record quarantined twice in quick succession keeps both copies", async (t) => {
+  const dir = await tempStoreDir(t);
+  const store = await MetadataStore.open(dir);
+  await writeFile(join(dir, "csi-a.json"), "first");
+  await store.list();
+  await writeFile(join(dir, "csi-a.json"), "second");
+  await store.list();
+  const moved = await readdir(join(dir, "quarantine"));
+  assert.equal(moved.length, 2);
+  const contents = await Promise.all(moved.map((name) => readFile(join(dir, "quarantine", name), "utf8")));
+  assert.deepEqual(contents.sort(), ["first", "second"]);
+});
+
+test("symlinks named *.json are quarantined, never followed; directories and other files are ignored", async (t) => {
+  const dir = await tempStoreDir(t);
   const store = await MetadataStore.open(dir);
   await store.put(record("csi-a"));
-  await writeFile(join(dir, "csi-a.json.12345"), "{half");
-  await writeFile(join(dir, "csi-b.json.67890"), "{half");
-  const old = new Date(Date.now() - 10 * 60_000);
-  await utimes(join(dir, "csi-b.json.67890"), old, old);
+  const outside = join(dir, "..", "outside.json");
+  await writeFile(outside, JSON.stringify(record("csi-link")));
+  await symlink(outside, join(dir, "csi-link.json"));
+  await mkdir(join(dir, "csi-dir.json"));
+  await mkdir(join(dir, "some-subdir"));
+  await writeFile(join(dir, "README"), "operator notes");
+
   const { records, quarantined } = await store.list();
   assert.deepEqual(records.map((r) => r.volumeId), ["csi-a"]);
+  assert.deepEqual(quarantined, [{ file: "csi-link.json", reason: "a symbolic link, not a regular file" }]);
+  assert.equal(await readFile(outside, "utf8"), JSON.stringify(record("csi-link")), "the link target is untouched");
+  assert.deepEqual((await readdir(dir)).sort(), ["README", "csi-a.json", "csi-dir.json", "quarantine", "some-subdir"]);
+  assert.equal(await store.get("csi-dir"), undefined);
+});
+
+test("write-file-atomic temp files are never records; only stale ones are swept", async (t) => {
+  const dir = await tempStoreDir(t);
+  const { infos, logger } = collectingLogger();
+  const store = await MetadataStore.open(dir, { logger });
+  await store.put(record("csi-a"));
+  await writeFile(join(dir, "csi-a.json.12345"), JSON.stringify(record("csi-a", { podName: "half" })).slice(0, 20));
+  await writeFile(join(dir, "csi-b.json.3735928559"), JSON.stringify(record("csi-b")));
+  const old = new Date(Date.now() - 10 * 60_000);
+  await utimes(join(dir, "csi-b.json.3735928559"), old, old);
+
+  const { records, quarantined } = await store.list();
+  assert.deepEqual(records, [record("csi-a")], "neither temp file is listed, even a complete one");
   assert.deepEqual(quarantined, []);
   assert.deepEqual((await readdir(dir)).sort(), ["csi-a.json", "csi-a.json.12345", "quarantine"], "fresh temp kept (a writer may own it), stale one swept");
+  assert.deepEqual(await readdir(join(dir, "quarantine")), []);
+  assert.equal(infos.length, 1);
 });
 
 test("200 concurrent puts of different records all land", async (t) => {
-  const store = await MetadataStore.open(await tempDir(t));
-  await Promise.all(Array.from({ length: 200 }, (_, i) => store.put(record(`csi-${i}`))));
-  const { records } = await store.list();
+  const dir = await tempStoreDir(t);
+  const store = await MetadataStore.open(dir);
+  await Promise.all(Array.from({ length: 200 }, (_, i) => store.put(record(`csi-${i}`, { fsGroup: i }))));
+  const { records, quarantined } = await (await MetadataStore.open(dir)).list();
   assert.equal(records.length, 200);
+  assert.deepEqual(quarantined, []);
+  assert.deepEqual(new Set(records.map((r) => r.fsGroup)), new Set(Array.from({ length: 200 }, (_, i) => i)));
+  assert.equal((await readdir(dir)).length, 201, "200 records + quarantine/, no temp files left");
 });
 
-test("concurrent puts to one record leave one complete record", async (t) => {
-  const store = await MetadataStore.open(await tempDir(t));
+test("concurrent puts to one record leave the last one, complete", async (t) => {
+  const store = await MetadataStore.open(await tempStoreDir(t));
   await Promise.all(Array.from({ length: 20 }, (_, i) => store.put(record("csi-a", { podName: `web-${i}` }))));
-  const stored = await store.get("csi-a");
-  assert.match(stored?.podName ?? "", /^web-\d+$/);
-  assert.equal((await store.list()).quarantined.length, 0);
+  assert.equal((await store.get("csi-a"))?.podName, "web-19");
+  assert.deepEqual((await store.list()).quarantined, []);
+});
+
+test("concurrent put and delete of one id: the last call wins", async (t) => {
+  const dir = await tempStoreDir(t);
+  const store = await MetadataStore.open(dir);
+  const other = await MetadataStore.open(dir);
+
+  await Promise.all([store.put(record("csi-a")), store.delete("csi-a")]);
+  assert.equal(await store.get("csi-a"), undefined, "put then delete: gone");
+
+  await Promise.all([store.delete("csi-a"), store.put(record("csi-a"))]);
+  assert.deepEqual(await store.get("csi-a"), record("csi-a"), "delete then put: present");
+
+  await Promise.all([store.put(record("csi-b")), other.delete("csi-b")]);
+  assert.equal(await other.get("csi-b"), undefined, "also across two instances on the same dir");
+
+  for (let round = 0; round < 10; round++) {
+    const ops = Array.from({ length: 30 }, (): "put" | "delete" => (Math.random() < 0.5 ? "put" : "delete"));
+    await Promise.all(ops.map((op, i) => (op === "put" ? store.put(record("csi-c", { podName: `web-${i}` })) : store.delete("csi-c"))));
+    const last = ops.lastIndexOf("put") === ops.length - 1 ? `web-${ops.length - 1}` : undefined;
+    assert.equal((await store.get("csi-c"))?.podName, last, `round ${round}: ${ops.join(",")}`);
+  }
+  assert.deepEqual((await store.list()).quarantined, []);
 });

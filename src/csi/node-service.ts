@@ -6,7 +6,8 @@ import { parsePublishRequest, parseUnpublishRequest } from "./publish-request.js
 /**
  * The Node service: publish and unpublish of ephemeral inline volumes. VOLUME_MOUNT_GROUP is
  * advertised so kubelet hands over the pod's fsGroup instead of chowning the files itself.
- * Stage, stats and expand are not offered and answer UNIMPLEMENTED.
+ * SINGLE_NODE_MULTI_WRITER is not: an inline volume belongs to one pod, and kubelet then sends
+ * SINGLE_NODE_WRITER. Stage, stats and expand are not offered and answer UNIMPLEMENTED.
  */
 export function nodeService(options: { nodeId: string; kubeletRoot: string; volumes: VolumeManager }): UnaryImplementation<typeof Node> {
   return {
@@ -14,7 +15,6 @@ export function nodeService(options: { nodeId: string; kubeletRoot: string; volu
     nodeGetCapabilities: async () => ({
       capabilities: [
         { type: { case: "rpc", value: { type: RpcType.VOLUME_MOUNT_GROUP } } },
-        { type: { case: "rpc", value: { type: RpcType.SINGLE_NODE_MULTI_WRITER } } },
       ],
     }),
     nodePublishVolume: async (request, signal) => {

@@ -62,6 +62,23 @@ describe("publish, rotate, unpublish through the CSI socket", () => {
     await fx.kubelet.unpublish(volume);
   });
 
+  test("one shared bundle stream: a trust bundle change reaches every volume's ca.crt", async () => {
+    const volumes = [await fx.kubelet.publish(web, "b1"), await fx.kubelet.publish(api, "b2")];
+    assert.equal(fx.agent.openBundleStreams, 1, "one SubscribeToX509Bundles stream however many volumes");
+    await fx.agent.addRoot();
+    for (const volume of volumes) {
+      const deadline = Date.now() + 10_000;
+      let roots = 0;
+      while (roots !== 2 && Date.now() < deadline) {
+        roots = ((await readFile(join(volume.targetPath, "ca.crt"), "utf8")).match(/BEGIN CERTIFICATE/g) ?? []).length;
+        if (roots !== 2) await new Promise((resolve) => setTimeout(resolve, 25));
+      }
+      assert.equal(roots, 2, "ca.crt holds the old and the new root");
+      await readVolumeIdentity(volume.targetPath);
+    }
+    for (const volume of volumes) await fx.kubelet.unpublish(volume);
+  });
+
   test("unpublish stops the stream and leaves an empty dir that kubelet's rmdir removes", async () => {
     const streamsBefore = fx.agent.openX509Streams;
     const volume = await fx.kubelet.publish(api, "gone");
@@ -113,7 +130,7 @@ describe("publish, rotate, unpublish through the CSI socket", () => {
     assert.equal(nodeInfo.nodeId, "test-node");
     assert.equal(nodeInfo.maxVolumesPerNode, 0n);
     const rpcs = (await fx.kubelet.node.nodeGetCapabilities({})).capabilities.map((c) => (c.type.case === "rpc" ? c.type.value.type : -1));
-    assert.deepEqual(rpcs.sort(), [5, 6], "SINGLE_NODE_MULTI_WRITER and VOLUME_MOUNT_GROUP");
+    assert.deepEqual(rpcs, [6], "VOLUME_MOUNT_GROUP only");
   });
 
   test("stage, stats and expand answer UNIMPLEMENTED", async () => {

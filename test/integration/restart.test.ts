@@ -55,6 +55,9 @@ describe("restart safety (tmpfs backing, as in production)", () => {
       { mode: 0o600 },
     );
 
+    // A torn record (as if written by a broken tool): quarantined, the others still adopted.
+    await writeFile(join(fx.metadataDir, "csi-torn.json"), '{"schemaVersion":1,"volumeId":"csi-to', { mode: 0o600 });
+
     const killed = await fx.driver.stop("SIGKILL");
     assert.equal(killed.signal, "SIGKILL");
     for (const [i, volume] of volumes.entries()) {
@@ -67,6 +70,8 @@ describe("restart safety (tmpfs backing, as in production)", () => {
     const adoption = await fx.driver.waitForLog((line) => line.msg === "re-adopted recorded volumes", 10_000, startMark);
     assert.equal(adoption.adopted, 3);
     assert.equal(adoption.removedStale, 1);
+    assert.equal(adoption.quarantined, 1);
+    await fx.driver.waitForLog((line) => line.msg === "quarantined an unreadable volume record" && line.file === "csi-torn.json", 1000, startMark);
     await assert.rejects(access(join(fx.metadataDir, `${staleId}.json`)));
 
     for (const [i, volume] of volumes.entries()) {

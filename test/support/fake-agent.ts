@@ -107,6 +107,10 @@ export class FakeAgent extends EventEmitter {
     return this.svidStreams.size;
   }
 
+  get openBundleStreams(): number {
+    return this.bundleStreams.size;
+  }
+
   async start(): Promise<void> {
     await rm(this.socketPath, { force: true });
     const handler = connectNodeAdapter({ routes: (router) => this.routes(router), grpc: true, connect: false, grpcWeb: false });
