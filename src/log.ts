@@ -9,7 +9,7 @@ export type { Logger };
 export function createLogger(level: string): Logger {
   return pino({
     level,
-    base: { component: "spire-csi-driver" },
+    base: { service: "spire-csi-driver" },
     redact: {
       paths: ["*.key", "*.token", "*.keyPkcs8Der", "*.certChainDer", "*.secrets", "*.content"],
       censor: "[redacted]",

@@ -71,7 +71,7 @@ describe("restart safety (tmpfs backing, as in production)", () => {
     assert.equal(adoption.adopted, 3);
     assert.equal(adoption.removedStale, 1);
     assert.equal(adoption.quarantined, 1);
-    await fx.driver.waitForLog((line) => line.msg === "quarantined an unreadable volume record" && line.file === "csi-torn.json", 1000, startMark);
+    await fx.driver.waitForLog((line) => line.msg === "quarantined an unusable volume record" && line.file === "csi-torn.json", 1000, startMark);
     await assert.rejects(access(join(fx.metadataDir, `${staleId}.json`)));
 
     for (const [i, volume] of volumes.entries()) {
