@@ -22,25 +22,32 @@ fi
 
 say() { echo "build-peers: $*" >&2; }
 
-# `go install pkg@version` asks the proxy for the module's version list (deprecation check),
-# which the proxy here refuses; downloading the exact module and building inside it needs no list.
-# install_peer NAME VERSION CGO MODULE CMD_DIR
+# `go install pkg@version` asks the proxy for the module's version list (deprecation check), which
+# the proxy here refuses. Instead each peer is built from a throwaway wrapper module in the cache
+# that requires the exact version; `replace` lines pin dependencies the proxy does not serve.
+# install_peer NAME VERSION CGO MODULE PACKAGE [REPLACE...]
 install_peer() {
-  local name="$1" version="$2" cgo="$3" module="$4" cmd_dir="$5"
+  local name="$1" version="$2" cgo="$3" module="$4" package="$5"
+  shift 5
   local target="$bin_dir/$name-$version"
   if [ -x "$target" ]; then
     say "$name $version cached at $target"
     return
   fi
-  say "building $name $version from $module@$version ($cmd_dir); a cold build takes minutes"
-  local dir
-  dir="$(go mod download -json "$module@$version" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')"
-  if [ -z "$dir" ] || [ ! -d "$dir" ]; then
-    say "FAILED to download $module@$version through the Go module proxy"
-    exit 1
-  fi
+  say "building $name $version ($package); a cold build takes minutes"
+  local work="$cache_root/build/$name-$version"
+  rm -rf "$work"
+  mkdir -p "$work"
+  {
+    echo "module spire-csi-driver.local/build/$name"
+    echo
+    echo "go $(go env GOVERSION | sed 's/^go//')"
+    echo
+    echo "require $module $version"
+    for replacement in "$@"; do echo "replace $replacement"; done
+  } > "$work/go.mod"
   local tmp="$target.partial.$$"
-  if ! (cd "$dir" && CGO_ENABLED="$cgo" go build -trimpath -o "$tmp" "./$cmd_dir" >&2); then
+  if ! (cd "$work" && CGO_ENABLED="$cgo" GOFLAGS=-mod=mod go build -trimpath -o "$tmp" "$package" >&2); then
     rm -f "$tmp"
     say "FAILED to build $name $version"
     exit 1
@@ -49,13 +56,17 @@ install_peer() {
   say "$name $version built at $target"
 }
 
+# SPIRE v1.15.3 requires ejbca-go-client-sdk v1.1.0, which the module proxy refuses to serve; v1.0.2
+# has the API SPIRE's (unused here) EJBCA upstream-authority plugin compiles against.
+spire_replace="github.com/Keyfactor/ejbca-go-client-sdk => github.com/Keyfactor/ejbca-go-client-sdk v1.0.2"
+
 want="${*:-spire-server spire-agent csi-sanity spiffe-helper}"
 for peer in $want; do
   case "$peer" in
-    spire-server) install_peer spire-server "$SPIRE_VERSION" 1 github.com/spiffe/spire cmd/spire-server ;;
-    spire-agent) install_peer spire-agent "$SPIRE_VERSION" 0 github.com/spiffe/spire cmd/spire-agent ;;
-    csi-sanity) install_peer csi-sanity "$CSI_TEST_VERSION" 0 github.com/kubernetes-csi/csi-test/v5 cmd/csi-sanity ;;
-    spiffe-helper) install_peer spiffe-helper "$SPIFFE_HELPER_VERSION" 0 github.com/spiffe/spiffe-helper cmd/spiffe-helper ;;
+    spire-server) install_peer spire-server "$SPIRE_VERSION" 1 github.com/spiffe/spire github.com/spiffe/spire/cmd/spire-server "$spire_replace" ;;
+    spire-agent) install_peer spire-agent "$SPIRE_VERSION" 0 github.com/spiffe/spire github.com/spiffe/spire/cmd/spire-agent "$spire_replace" ;;
+    csi-sanity) install_peer csi-sanity "$CSI_TEST_VERSION" 0 github.com/kubernetes-csi/csi-test/v5 github.com/kubernetes-csi/csi-test/v5/cmd/csi-sanity ;;
+    spiffe-helper) install_peer spiffe-helper "$SPIFFE_HELPER_VERSION" 0 github.com/spiffe/spiffe-helper github.com/spiffe/spiffe-helper/cmd/spiffe-helper ;;
     *) say "unknown peer '$peer' (known: spire-server spire-agent csi-sanity spiffe-helper)"; exit 2 ;;
   esac
 done

@@ -7,7 +7,7 @@ import { startMetricsServer } from "./metrics/http-server.js";
 import type { Logger } from "./log.js";
 import { AgentAvailability } from "./spire/agent-availability.js";
 import { createAgentClient } from "./spire/agent-client.js";
-import { BundleFeed } from "./spire/bundle-feed.js";
+import { jwtBundleFeed, x509BundleFeed } from "./spire/bundle-feed.js";
 import { VolumeManager } from "./volume/volume-manager.js";
 
 const version = (JSON.parse(readFileSync(new URL("../package.json", import.meta.url), "utf8")) as { version: string }).version;
@@ -23,15 +23,11 @@ export async function runDriver(config: DriverConfig, logger: Logger): Promise<{
   let volumes: VolumeManager | undefined;
   const isReady = () => bundles.connected;
   const metrics = new DriverMetrics({ volumes: () => volumes, agentConnected: isReady });
-  const bundles = new BundleFeed({
-    client,
-    availability,
-    adminSocketPath: config.agentSocket,
-    backoff,
-    logger,
-    onRetry: () => metrics.streamRetrying("x509-bundles"),
-  });
+  const feedOptions = { client, availability, adminSocketPath: config.agentSocket, backoff, logger };
+  const bundles = x509BundleFeed({ ...feedOptions, onRetry: () => metrics.streamRetrying("x509-bundles") });
+  const jwtBundles = jwtBundleFeed({ ...feedOptions, onRetry: () => metrics.streamRetrying("jwt-bundles") });
   bundles.start();
+  jwtBundles.start();
   const metricsServer = config.metricsAddress
     ? await startMetricsServer({ address: config.metricsAddress, registry: metrics.registry, isReady, logger })
     : undefined;
@@ -43,6 +39,7 @@ export async function runDriver(config: DriverConfig, logger: Logger): Promise<{
     volume: {
       client,
       bundles,
+      jwtBundles,
       availability,
       adminSocketPath: config.agentSocket,
       backoff,
@@ -67,7 +64,7 @@ export async function runDriver(config: DriverConfig, logger: Logger): Promise<{
       await server.close();
       await running.shutdown();
       await metricsServer?.close();
-      await bundles.stop();
+      await Promise.all([bundles.stop(), jwtBundles.stop()]);
       await availability.stop();
     },
   };

@@ -72,7 +72,7 @@ export function parsePublishRequest(request: NodePublishVolumeRequest, kubeletRo
 
   const { raw, attributes } = parseVolumeAttributes(context);
   const mountGroup = capability.accessType.value.volumeMountGroup;
-  const fsGroup = attributes["csi.spire.io/fs-group"] ?? parseMountGroup(mountGroup);
+  const fsGroup = attributes.fsGroup ?? parseMountGroup(mountGroup);
   return { volumeId, targetPath, pod, rawAttributes: raw, attributes, fsGroup };
 }
 

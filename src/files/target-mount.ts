@@ -1,6 +1,8 @@
 import { execFile } from "node:child_process";
-import { chown, mkdir, readFile, realpath } from "node:fs/promises";
+import { chown, lstat, mkdir, readFile, realpath } from "node:fs/promises";
+import { dirname } from "node:path";
 import { promisify } from "node:util";
+import { invalidArgument } from "../errors.js";
 
 const run = promisify(execFile);
 
@@ -13,16 +15,29 @@ export type VolumeBacking = { kind: "tmpfs"; size: string } | { kind: "directory
  */
 export async function prepareTarget(targetPath: string, backing: VolumeBacking, gid: number | undefined): Promise<void> {
   const mode = gid === undefined ? 0o755 : 0o750;
+  await requireRealDir(dirname(targetPath), "its parent dir (kubelet creates it before publishing)");
   await mkdir(targetPath, { mode }).catch((error: NodeJS.ErrnoException) => {
     // A retried publish, or a re-adopted volume, finds the dir already there.
     if (error.code !== "EEXIST") throw error;
   });
+  // Never follow a link planted in the pod's volume dir: files must land in the target only.
+  await requireRealDir(targetPath, "the target");
   if (backing.kind === "tmpfs" && !(await isMountPoint(targetPath))) {
     const options = [`size=${backing.size}`, `mode=${mode.toString(8)}`, "nosuid", "nodev", "noexec"];
     if (gid !== undefined) options.push(`gid=${gid}`);
     await run("mount", ["-t", "tmpfs", "-o", options.join(","), "tmpfs", targetPath]);
   } else if (gid !== undefined) {
     await chown(targetPath, 0, gid);
+  }
+}
+
+async function requireRealDir(path: string, what: string): Promise<void> {
+  const info = await lstat(path).catch((error: NodeJS.ErrnoException) => {
+    if (error.code === "ENOENT") throw invalidArgument("target_path", `${what} ${path} does not exist`);
+    throw error;
+  });
+  if (info.isSymbolicLink() || !info.isDirectory()) {
+    throw invalidArgument("target_path", `${what} ${path} must be a directory, not a symlink or file`);
   }
 }
 

@@ -1,6 +1,6 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
 import type { VolumeManager } from "../volume/volume-manager.js";
-import type { VolumeObserver } from "../volume/volume-observer.js";
+import type { AgentStreamName, VolumeObserver } from "../volume/volume-observer.js";
 import type { VolumePhase } from "../volume/volume-state.js";
 
 const phases: VolumePhase[] = ["publishing", "adopting", "live", "degraded"];
@@ -100,7 +100,7 @@ export class DriverMetrics implements VolumeObserver {
     this.rejectedSvids.inc();
   }
 
-  streamRetrying(stream: "x509-svids" | "x509-bundles"): void {
+  streamRetrying(stream: AgentStreamName): void {
     this.reconnects.inc({ stream });
   }
 }

@@ -6,38 +6,51 @@ import type { BackoffOptions } from "./backoff.js";
 import { splitDerCertificates } from "./der.js";
 import { ReconnectingStream, type StreamStatus } from "./reconnecting-stream.js";
 
-/** Trust bundles by trust domain name ("example.org"), each a list of DER CA certificates. */
-export type X509Bundles = ReadonlyMap<string, readonly Uint8Array[]>;
+/** Bundles by trust domain name ("example.org"). */
+export type Bundles<T> = ReadonlyMap<string, T>;
+/** X.509 bundles: DER CA certificates per trust domain. */
+export type X509Bundles = Bundles<readonly Uint8Array[]>;
+/** JWT bundles: JWKS JSON per trust domain. */
+export type JwtBundles = Bundles<string>;
 
-interface BundleFeedEvents {
-  change: [X509Bundles];
+interface BundleFeedEvents<T> {
+  change: [Bundles<T>];
   status: [StreamStatus];
 }
 
+export interface BundleFeedOptions {
+  client: AgentClient;
+  availability: AgentAvailability;
+  adminSocketPath: string;
+  backoff: BackoffOptions;
+  logger: Logger;
+  onRetry?: () => void;
+}
+
 /**
- * The one SubscribeToX509Bundles stream of the process. Every volume reads its trust bundles
- * from here, so a bundle rotation is one agent message however many volumes there are.
+ * One agent bundle stream for the whole process (X.509 or JWT). Every volume reads its trust
+ * bundles from here, so a bundle rotation is one agent message however many volumes there are.
+ * A malformed bundle for one trust domain keeps that domain's previous value.
  */
-export class BundleFeed extends EventEmitter<BundleFeedEvents> {
-  private bundles: X509Bundles = new Map();
+export class BundleFeed<T> extends EventEmitter<BundleFeedEvents<T>> {
+  private bundles: Bundles<T> = new Map();
   private received = false;
   private status: StreamStatus = { state: "connecting" };
-  private readonly stream: ReconnectingStream<{ caCertificates: { [key: string]: Uint8Array } }>;
+  private readonly stream: ReconnectingStream<{ [trustDomain: string]: Uint8Array }>;
 
-  constructor(options: {
-    client: AgentClient;
-    availability: AgentAvailability;
-    adminSocketPath: string;
-    backoff: BackoffOptions;
-    logger: Logger;
-    onRetry?: () => void;
-  }) {
+  constructor(
+    name: "x509-bundles" | "jwt-bundles",
+    open: (signal: AbortSignal) => AsyncIterable<{ [trustDomain: string]: Uint8Array }>,
+    private readonly decode: (bytes: Uint8Array) => T,
+    private readonly same: (a: T, b: T) => boolean,
+    options: BundleFeedOptions,
+  ) {
     super();
     this.setMaxListeners(0);
-    const logger = options.logger.child({ stream: "x509-bundles" });
+    const logger = options.logger.child({ stream: name });
     this.stream = new ReconnectingStream({
-      open: (signal) => options.client.subscribeToX509Bundles({}, { signal }),
-      onMessage: (message) => this.accept(message.caCertificates, logger),
+      open,
+      onMessage: (message) => this.accept(message, logger),
       onStatus: (status) => {
         this.status = status;
         if (status.state === "retrying") options.onRetry?.();
@@ -58,7 +71,7 @@ export class BundleFeed extends EventEmitter<BundleFeedEvents> {
     return this.stream.stop();
   }
 
-  get current(): X509Bundles {
+  get current(): Bundles<T> {
     return this.bundles;
   }
 
@@ -66,42 +79,66 @@ export class BundleFeed extends EventEmitter<BundleFeedEvents> {
     return this.status.state === "open";
   }
 
-  get lastStatus(): StreamStatus {
-    return this.status;
-  }
-
   /** Resolves with the bundles once at least one message has arrived. */
-  async ready(signal: AbortSignal): Promise<X509Bundles> {
+  async ready(signal: AbortSignal): Promise<Bundles<T>> {
     if (!this.received) await once(this, "change", { signal });
     return this.bundles;
   }
 
-  private accept(caCertificates: { [key: string]: Uint8Array }, logger: Logger): void {
-    const next = new Map<string, Uint8Array[]>();
-    for (const [key, der] of Object.entries(caCertificates)) {
+  private accept(message: { [key: string]: Uint8Array }, logger: Logger): void {
+    const next = new Map<string, T>();
+    for (const [key, bytes] of Object.entries(message)) {
       const trustDomain = key.replace(/^spiffe:\/\//, "");
       try {
-        next.set(trustDomain, splitDerCertificates(der));
+        next.set(trustDomain, this.decode(bytes));
       } catch (error) {
-        logger.error({ trustDomain, reason: (error as Error).message }, "ignoring malformed trust bundle from the agent");
+        logger.error({ trustDomain, reason: (error as Error).message }, "ignoring a malformed bundle from the agent");
         const previous = this.bundles.get(trustDomain);
-        if (previous) next.set(trustDomain, [...previous]);
+        if (previous !== undefined) next.set(trustDomain, previous);
       }
     }
-    if (this.received && sameBundles(this.bundles, next)) return;
+    if (this.received && this.sameAll(next)) return;
     this.bundles = next;
     this.received = true;
     logger.info({ trustDomains: [...next.keys()] }, "trust bundles updated");
     this.emit("change", next);
   }
+
+  private sameAll(next: Bundles<T>): boolean {
+    if (next.size !== this.bundles.size) return false;
+    for (const [trustDomain, value] of next) {
+      const previous = this.bundles.get(trustDomain);
+      if (previous === undefined || !this.same(previous, value)) return false;
+    }
+    return true;
+  }
 }
 
-function sameBundles(a: X509Bundles, b: X509Bundles): boolean {
-  if (a.size !== b.size) return false;
-  for (const [trustDomain, certs] of a) {
-    const other = b.get(trustDomain);
-    if (!other || other.length !== certs.length) return false;
-    if (!certs.every((cert, i) => Buffer.from(cert).equals(other[i]!))) return false;
-  }
-  return true;
+export function x509BundleFeed(options: BundleFeedOptions): BundleFeed<readonly Uint8Array[]> {
+  return new BundleFeed<readonly Uint8Array[]>(
+    "x509-bundles",
+    (signal) => mapStream(options.client.subscribeToX509Bundles({}, { signal }), (message) => message.caCertificates),
+    splitDerCertificates,
+    (a, b) => a.length === b.length && a.every((cert, i) => Buffer.from(cert).equals(b[i]!)),
+    options,
+  );
+}
+
+export function jwtBundleFeed(options: BundleFeedOptions): BundleFeed<string> {
+  return new BundleFeed(
+    "jwt-bundles",
+    (signal) => mapStream(options.client.subscribeToJWTBundles({}, { signal }), (message) => message.bundles),
+    (bytes) => {
+      const text = Buffer.from(bytes).toString("utf8");
+      const jwks = JSON.parse(text) as { keys?: unknown };
+      if (!Array.isArray(jwks.keys)) throw new Error("JWKS has no keys array");
+      return text;
+    },
+    (a, b) => a === b,
+    options,
+  );
+}
+
+async function* mapStream<I, O>(source: AsyncIterable<I>, map: (item: I) => O): AsyncGenerator<O> {
+  for await (const item of source) yield map(item);
 }

@@ -1,7 +1,16 @@
 import { z } from "zod";
 import { DriverError } from "../errors.js";
+import type { Layout, LayoutOptions } from "../files/volume-files.js";
 
 export const attributePrefix = "csi.spire.io/";
+
+export const layouts = ["kubernetes-tls", "spiffe-helper", "spiffe-fs"] as const satisfies readonly Layout[];
+
+/** File names each layout uses unless the volume overrides them. */
+export const defaultFileNames: Record<Exclude<Layout, "spiffe-fs">, { cert: string; key: string; bundle: string }> = {
+  "kubernetes-tls": { cert: "tls.crt", key: "tls.key", bundle: "ca.crt" },
+  "spiffe-helper": { cert: "svid.pem", key: "svid_key.pem", bundle: "svid_bundle.pem" },
+};
 
 const portableFileName = z
   .string()
@@ -11,26 +20,77 @@ const portableFileName = z
   .refine((name) => !name.startsWith(".."), "must not start with '..' (reserved for snapshot dirs)")
   .refine((name) => name !== ".", "must not be '.'");
 
+const booleanText = z.enum(["true", "false"], { message: 'must be "true" or "false"' }).transform((text) => text === "true");
+
 const fsGroup = z
   .string()
   .regex(/^[0-9]+$/, "must be a decimal group id")
   .transform(Number)
   .pipe(z.number().int().min(1, "must not be 0 (root)").max(2_147_483_647, "must be below 2^31"));
 
+const audiences = z
+  .string()
+  .transform((text) => text.split(",").map((audience) => audience.trim()))
+  .pipe(
+    z
+      .array(
+        z
+          .string()
+          .min(1, "must not contain an empty audience")
+          .max(256, "audiences must be at most 256 characters")
+          .regex(/^[\x21-\x7e]+$/, "audiences must be printable ASCII without spaces"),
+      )
+      .min(1)
+      .max(10, "at most 10 audiences per volume")
+      .refine((list) => new Set(list).size === list.length, "audiences must not repeat"),
+  );
+
+const spiffeId = z
+  .string()
+  .max(2048, "must be at most 2048 characters")
+  .regex(/^spiffe:\/\/[a-z0-9._-]+(\/[A-Za-z0-9._~!$&'()*+,;=:@%-]+)*$/, "must be a SPIFFE ID like spiffe://example.org/ns/default/sa/web");
+
+const secretName = z
+  .string()
+  .min(1)
+  .max(128)
+  .regex(/^[A-Za-z0-9._:-]+$/, "must use only A-Z a-z 0-9 . _ : -");
+
 /**
  * The per-volume options a pod may set through volumeAttributes. Unknown csi.spire.io/* keys are
- * rejected so a typo never silently falls back to a default. Nothing here can change which
- * identity a pod receives: selectors come from kubelet's pod info only.
+ * rejected so a typo never silently falls back to a default. Nothing here can widen which
+ * identity a pod receives: selectors come from kubelet's pod info only, and `spiffe-id` /
+ * `svid-hint` only choose among the SVIDs the agent issues for those selectors.
  */
 export const volumeAttributesSchema = z.strictObject({
-  "csi.spire.io/layout": z.enum(["kubernetes-tls"]).default("kubernetes-tls"),
-  "csi.spire.io/cert-file": portableFileName.default("tls.crt"),
-  "csi.spire.io/key-file": portableFileName.default("tls.key"),
-  "csi.spire.io/bundle-file": portableFileName.default("ca.crt"),
+  "csi.spire.io/layout": z.enum(layouts, { message: `must be one of ${layouts.join(", ")}` }).default("kubernetes-tls"),
+  "csi.spire.io/cert-file": portableFileName.optional(),
+  "csi.spire.io/key-file": portableFileName.optional(),
+  "csi.spire.io/bundle-file": portableFileName.optional(),
+  "csi.spire.io/credential-file": portableFileName.optional(),
+  "csi.spire.io/federated-bundles": z
+    .enum(["files", "merge", "none"], { message: "must be files, merge or none" })
+    .default("files"),
+  "csi.spire.io/bundle-intermediates": booleanText.default(false),
+  "csi.spire.io/spiffe-id": spiffeId.optional(),
+  "csi.spire.io/svid-hint": z.string().min(1).max(256).optional(),
+  "csi.spire.io/all-svids": booleanText.default(false),
+  "csi.spire.io/jwt-audiences": audiences.optional(),
+  "csi.spire.io/envoy-sds": booleanText.default(false),
+  "csi.spire.io/envoy-sds-file": portableFileName.default("envoy-sds.json"),
+  "csi.spire.io/envoy-cert-secret": secretName.default("default"),
+  "csi.spire.io/envoy-ca-secret": secretName.default("ROOTCA"),
   "csi.spire.io/fs-group": fsGroup.optional(),
 });
 
-export type VolumeAttributes = z.output<typeof volumeAttributesSchema>;
+type ParsedAttributes = z.output<typeof volumeAttributesSchema>;
+
+/** The validated attributes with every file name resolved for the chosen layout. */
+export interface VolumeAttributes extends LayoutOptions {
+  /** Which of the pod's SVIDs to write when the agent sends several. */
+  select: { spiffeId: string | undefined; hint: string | undefined };
+  fsGroup: number | undefined;
+}
 
 /** Picks the csi.spire.io/* keys out of volume_context and validates them. */
 export function parseVolumeAttributes(volumeContext: Record<string, string>): {
@@ -48,9 +108,63 @@ export function parseVolumeAttributes(volumeContext: Record<string, string>): {
         : issue.message;
     throw new DriverError("invalid-argument", `volume_context[${keys.join(", ")}]: ${rule}`);
   }
-  const names = [result.data["csi.spire.io/cert-file"], result.data["csi.spire.io/key-file"], result.data["csi.spire.io/bundle-file"]];
-  if (new Set(names).size !== names.length) {
-    throw new DriverError("invalid-argument", "volume_context[csi.spire.io/cert-file, key-file, bundle-file]: file names must differ");
+  return { raw, attributes: resolve(result.data) };
+}
+
+function reject(key: string, rule: string): never {
+  throw new DriverError("invalid-argument", `volume_context[${attributePrefix}${key}]: ${rule}`);
+}
+
+function resolve(parsed: ParsedAttributes): VolumeAttributes {
+  const layout = parsed["csi.spire.io/layout"];
+  const given = {
+    cert: parsed["csi.spire.io/cert-file"],
+    key: parsed["csi.spire.io/key-file"],
+    bundle: parsed["csi.spire.io/bundle-file"],
+    credential: parsed["csi.spire.io/credential-file"],
+  };
+  let files: VolumeAttributes["files"];
+  if (layout === "spiffe-fs") {
+    for (const name of ["cert", "key", "bundle"] as const) {
+      if (given[name]) reject(`${name}-file`, "is not used by layout spiffe-fs (it writes credential-bundle.pem and <trust-domain>.trust-bundle.pem)");
+    }
+    if (parsed["csi.spire.io/federated-bundles"] === "merge") {
+      reject("federated-bundles", "layout spiffe-fs keeps one file per trust domain; merge is not allowed");
+    }
+    files = { cert: "", key: "", bundle: "", credential: given.credential ?? "credential-bundle.pem" };
+  } else {
+    if (given.credential) reject("credential-file", "is only used by layout spiffe-fs");
+    const defaults = defaultFileNames[layout];
+    files = { cert: given.cert ?? defaults.cert, key: given.key ?? defaults.key, bundle: given.bundle ?? defaults.bundle, credential: "" };
   }
-  return { raw, attributes: result.data };
+  const envoySds = parsed["csi.spire.io/envoy-sds"]
+    ? {
+        file: parsed["csi.spire.io/envoy-sds-file"],
+        certSecret: parsed["csi.spire.io/envoy-cert-secret"],
+        caSecret: parsed["csi.spire.io/envoy-ca-secret"],
+      }
+    : undefined;
+  if (envoySds && envoySds.certSecret === envoySds.caSecret) reject("envoy-ca-secret", "must differ from envoy-cert-secret");
+  const jwt = (parsed["csi.spire.io/jwt-audiences"] ?? []).map((audience) => ({
+    audience,
+    file: `jwt-${audience.replace(/[^A-Za-z0-9._-]/g, "_")}.token`,
+  }));
+  if (new Set(jwt.map((entry) => entry.file)).size !== jwt.length) {
+    reject("jwt-audiences", "two audiences map to the same file name (characters outside A-Z a-z 0-9 . _ - become _)");
+  }
+  const names = [files.cert, files.key, files.bundle, files.credential, envoySds?.file ?? ""].filter((name) => name !== "");
+  if (new Set(names).size !== names.length) {
+    throw new DriverError("invalid-argument", "volume_context[csi.spire.io/cert-file, key-file, bundle-file, envoy-sds-file]: file names must differ");
+  }
+  return {
+    layout,
+    files,
+    federatedBundles: parsed["csi.spire.io/federated-bundles"],
+    bundleIntermediates: parsed["csi.spire.io/bundle-intermediates"],
+    select: { spiffeId: parsed["csi.spire.io/spiffe-id"], hint: parsed["csi.spire.io/svid-hint"] },
+    allSvids: parsed["csi.spire.io/all-svids"],
+    jwt,
+    envoySds,
+    fsGroup: parsed["csi.spire.io/fs-group"],
+  };
 }

@@ -5,12 +5,13 @@ import type { AgentAvailability } from "../spire/agent-availability.js";
 import type { AgentProblem } from "../spire/agent-errors.js";
 import type { BackoffOptions } from "../spire/backoff.js";
 import type { BundleFeed } from "../spire/bundle-feed.js";
+import { JwtRefresher } from "../spire/jwt-refresher.js";
 import { ReconnectingStream } from "../spire/reconnecting-stream.js";
 import { parseX509SvidSet, type X509Identity } from "../spire/x509-identity.js";
 import type { SubscribeToX509SVIDsResponse } from "../gen/spire/api/agent/delegatedidentity/v1/delegatedidentity_pb.js";
 import { writeSnapshot } from "../files/atomic-snapshot.js";
-import { renderKubernetesTls } from "../files/kubernetes-tls-layout.js";
-import type { SnapshotFile } from "../files/snapshot-file.js";
+import { renderVolumeFiles } from "../files/volume-files.js";
+import { chooseSvid } from "./svid-choice.js";
 import { formatSelectors, podSelectors, type Selector } from "./selectors.js";
 import type { VolumeSpec } from "./volume-spec.js";
 import type { VolumeObserver } from "./volume-observer.js";
@@ -18,7 +19,8 @@ import type { VolumeState } from "./volume-state.js";
 
 export interface VolumeDependencies {
   client: AgentClient;
-  bundles: BundleFeed;
+  bundles: BundleFeed<readonly Uint8Array[]>;
+  jwtBundles: BundleFeed<string>;
   availability: AgentAvailability;
   adminSocketPath: string;
   backoff: BackoffOptions;
@@ -32,6 +34,8 @@ type LastObservation =
   | { kind: "nothing-yet" }
   | { kind: "empty-set" }
   | { kind: "invalid-svids"; reasons: string[] }
+  | { kind: "not-the-requested-svid"; offered: string[] }
+  | { kind: "no-jwt"; audiences: string[] }
   | { kind: "no-bundle"; trustDomain: string }
   | { kind: "agent-problem"; problem: AgentProblem }
   | { kind: "write-failed"; reason: string };
@@ -47,12 +51,19 @@ export class Volume {
   private readonly stream: ReconnectingStream<SubscribeToX509SVIDsResponse>;
   private readonly logger: Logger;
   private identity: X509Identity | undefined;
+  private allIdentities: X509Identity[] = [];
+  private federatesWith: string[] = [];
+  private readonly jwtTokens = new Map<string, string>();
+  private readonly jwtRefresher: JwtRefresher | undefined;
   private writtenKey: string | undefined;
   private writeLoop: Promise<void> | undefined;
   private writeWanted = false;
   private lastObservation: LastObservation = { kind: "nothing-yet" };
   private readonly firstWrite = deferred();
   private readonly onBundles = () => this.scheduleWrite();
+  private readonly onJwtBundles = () => {
+    if (this.spec.attributes.jwt.length > 0) this.scheduleWrite();
+  };
 
   constructor(
     readonly spec: VolumeSpec,
@@ -81,16 +92,37 @@ export class Volume {
       adminSocketPath: deps.adminSocketPath,
       logger: this.logger,
     });
+    if (spec.attributes.jwt.length > 0) {
+      this.jwtRefresher = new JwtRefresher({
+        client: deps.client,
+        selectors: this.selectors,
+        audiences: spec.attributes.jwt.map((entry) => entry.audience),
+        choose: (svids) => chooseSvid(svids, spec.attributes.select),
+        availability: deps.availability,
+        adminSocketPath: deps.adminSocketPath,
+        backoff: deps.backoff,
+        logger: this.logger,
+        onToken: (audience, token) => {
+          if (this.jwtTokens.get(audience) === token) return;
+          this.jwtTokens.set(audience, token);
+          this.scheduleWrite();
+        },
+        onRetry: () => deps.observer.streamRetrying("jwt-svids"),
+      });
+    }
   }
 
   start(): void {
     this.deps.bundles.on("change", this.onBundles);
+    this.deps.jwtBundles.on("change", this.onJwtBundles);
     this.stream.start();
+    this.jwtRefresher?.start();
   }
 
   async stop(): Promise<void> {
     this.deps.bundles.off("change", this.onBundles);
-    await this.stream.stop();
+    this.deps.jwtBundles.off("change", this.onJwtBundles);
+    await Promise.all([this.stream.stop(), this.jwtRefresher?.stop()]);
     this.writeWanted = false;
     await this.writeLoop;
     this.state = { phase: "stopped" };
@@ -125,6 +157,13 @@ export class Volume {
             `-selector k8s:ns:${this.spec.pod.namespace} -selector k8s:sa:${this.spec.pod.serviceAccount}`,
           cause: "no-entry",
         };
+      case "not-the-requested-svid":
+        return {
+          detail: `the SPIRE agent sent SVIDs [${observation.offered.join(" ")}] but none matches the volume's csi.spire.io/spiffe-id or svid-hint`,
+          cause: "other",
+        };
+      case "no-jwt":
+        return { detail: `no JWT-SVID yet for audiences ${observation.audiences.join(", ")}`, cause: "other" };
       case "invalid-svids":
         return { detail: `the SPIRE agent sent SVIDs that failed validation: ${observation.reasons.join("; ")}`, cause: "other" };
       case "no-bundle":
@@ -145,12 +184,14 @@ export class Volume {
       this.logger.error({ spiffeId: rejected.spiffeId, reason: rejected.reason }, "rejected an SVID from the agent");
       this.deps.observer.svidRejected(rejected.reason);
     }
-    const chosen = set.identities[0];
+    const chosen = set.identities[chooseSvid(set.identities, this.spec.attributes.select)];
     if (!chosen) {
       this.lastObservation =
-        set.rejected.length > 0
-          ? { kind: "invalid-svids", reasons: set.rejected.map((r) => `${r.spiffeId}: ${r.reason}`) }
-          : { kind: "empty-set" };
+        set.identities.length > 0
+          ? { kind: "not-the-requested-svid", offered: set.identities.map((identity) => identity.spiffeId) }
+          : set.rejected.length > 0
+            ? { kind: "invalid-svids", reasons: set.rejected.map((r) => `${r.spiffeId}: ${r.reason}`) }
+            : { kind: "empty-set" };
       if (this.identity) {
         this.logger.warn(
           { selectors: formatSelectors(this.selectors) },
@@ -160,6 +201,8 @@ export class Volume {
       return;
     }
     this.identity = chosen;
+    this.allIdentities = set.identities;
+    this.federatesWith = set.federatesWith.map((trustDomain) => trustDomain.replace(/^spiffe:\/\//, ""));
     this.scheduleWrite();
   }
 
@@ -180,10 +223,23 @@ export class Volume {
         this.lastObservation = { kind: "no-bundle", trustDomain: identity.trustDomain };
         continue;
       }
-      const key = `${identity.serialNumber}|${bundleFingerprint(bundle)}`;
+      const missingJwt = this.spec.attributes.jwt.filter((entry) => !this.jwtTokens.has(entry.audience)).map((entry) => entry.audience);
+      if (missingJwt.length > 0) {
+        this.lastObservation = { kind: "no-jwt", audiences: missingJwt };
+        continue;
+      }
+      const files = renderVolumeFiles(this.spec.attributes, {
+        identity,
+        allIdentities: this.allIdentities,
+        bundles: this.deps.bundles.current,
+        federatesWith: this.federatesWith,
+        jwtTokens: this.jwtTokens,
+        jwtBundles: this.deps.jwtBundles.current,
+      });
+      const key = contentFingerprint(files);
       if (key === this.writtenKey) continue;
       try {
-        await writeSnapshot(this.spec.targetPath, this.render(identity, bundle), { gid: this.spec.fsGroup });
+        await writeSnapshot(this.spec.targetPath, files, { gid: this.spec.fsGroup });
       } catch (error) {
         const reason = (error as NodeJS.ErrnoException).code ?? (error as Error).message;
         this.lastObservation = { kind: "write-failed", reason };
@@ -215,21 +271,12 @@ export class Volume {
       this.firstWrite.resolve();
     }
   }
-
-  private render(identity: X509Identity, bundle: readonly Uint8Array[]): SnapshotFile[] {
-    const { attributes } = this.spec;
-    const [cert, key, ca] = renderKubernetesTls(identity, bundle);
-    return [
-      { ...cert!, name: attributes["csi.spire.io/cert-file"] },
-      { ...key!, name: attributes["csi.spire.io/key-file"] },
-      { ...ca!, name: attributes["csi.spire.io/bundle-file"] },
-    ];
-  }
 }
 
-function bundleFingerprint(bundle: readonly Uint8Array[]): string {
+/** Identifies a snapshot's content, so a repeated agent message causes no rewrite. */
+function contentFingerprint(files: readonly { name: string; content: string }[]): string {
   const hash = createHash("sha256");
-  for (const cert of bundle) hash.update(cert);
+  for (const file of files) hash.update(file.name).update("\0").update(file.content).update("\0");
   return hash.digest("hex");
 }
 

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { readdir } from "node:fs/promises";
+import { mkdir, readdir, symlink } from "node:fs/promises";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
@@ -55,7 +55,8 @@ describe("every malformed publish gets INVALID_ARGUMENT naming the field, and wr
     ["no pod info", (r) => delete r.volumeContext!["csi.storage.k8s.io/pod.namespace"], /^volume_context\[csi\.storage\.k8s\.io\/pod\.namespace\]: is missing: set podInfoOnMount: true/],
     ["no service account", (r) => delete r.volumeContext!["csi.storage.k8s.io/serviceAccount.name"], /serviceAccount\.name\]: is missing/],
     ["bad namespace", (r) => (r.volumeContext!["csi.storage.k8s.io/pod.namespace"] = "Demo Namespace"), /pod\.namespace\]: "Demo Namespace" is not a valid value/],
-    ["unknown csi.spire.io attribute", (r) => (r.volumeContext!["csi.spire.io/spiffe-id"] = "spiffe://example.org/admin"), /^volume_context\[csi\.spire\.io\/spiffe-id\]: unknown attribute; known keys are/],
+    ["unknown csi.spire.io attribute (a selector smuggling attempt)", (r) => (r.volumeContext!["csi.spire.io/selectors"] = "k8s:sa:admin"), /^volume_context\[csi\.spire\.io\/selectors\]: unknown attribute; known keys are/],
+    ["target parent dir missing", () => undefined, /^target_path: its parent dir .* does not exist/],
     ["unknown layout", (r) => (r.volumeContext!["csi.spire.io/layout"] = "jks"), /^volume_context\[csi\.spire\.io\/layout\]: /],
     ["file name with a slash", (r) => (r.volumeContext!["csi.spire.io/cert-file"] = "../escape.pem"), /^volume_context\[csi\.spire\.io\/cert-file\]: must use only the portable characters/],
     ["file name ..data", (r) => (r.volumeContext!["csi.spire.io/key-file"] = "..data"), /^volume_context\[csi\.spire\.io\/key-file\]: must not start with '\.\.'/],
@@ -79,6 +80,23 @@ describe("every malformed publish gets INVALID_ARGUMENT naming the field, and wr
       assert.equal(fx.agent.subscribeCalls, 0, "no stream opened");
     });
   }
+
+  test("a target whose dir is a planted symlink is refused and nothing is written through it", async () => {
+    const outside = join(fx.dir, "outside");
+    await mkdir(outside);
+    const volumeDir = join(fx.kubeletRoot, "pods", podUid, "volumes", "kubernetes.io~csi", "linked");
+    await mkdir(volumeDir, { recursive: true });
+    await symlink(outside, join(volumeDir, "mount"));
+    const request = structuredClone(valid);
+    request.targetPath = join(volumeDir, "mount");
+    await assert.rejects(fx.kubelet.node.nodePublishVolume(create(NodePublishVolumeRequestSchema, request)), (error: unknown) => {
+      const connectError = ConnectError.from(error);
+      assert.equal(connectError.code, Code.InvalidArgument);
+      assert.match(connectError.rawMessage, /^target_path: the target .* must be a directory, not a symlink/);
+      return true;
+    });
+    assert.deepEqual(await readdir(outside), [], "nothing written through the link");
+  });
 
   test("selectors cannot be smuggled through attributes: kubelet's pod info keys win", async () => {
     await fx.agent.addEntry({ id: "web", spiffeId: "spiffe://example.org/web", selectors: [{ type: "k8s", value: "ns:demo" }, { type: "k8s", value: "sa:web" }] });

@@ -1,0 +1,108 @@
+import type { X509Identity } from "../spire/x509-identity.js";
+import { envoySdsResponse } from "./envoy-sds.js";
+import { certificatesToPem, toPem } from "./pem.js";
+import type { SnapshotFile } from "./snapshot-file.js";
+
+/** Everything one snapshot is made from. */
+export interface SnapshotInput {
+  identity: X509Identity;
+  allIdentities: readonly X509Identity[];
+  /** X.509 trust bundles by trust domain name. */
+  bundles: ReadonlyMap<string, readonly Uint8Array[]>;
+  /** Federated trust domain names (without spiffe://) the workload may use. */
+  federatesWith: readonly string[];
+  /** JWT-SVID per audience. */
+  jwtTokens: ReadonlyMap<string, string>;
+  /** JWKS JSON by trust domain name. */
+  jwtBundles: ReadonlyMap<string, string>;
+}
+
+export type Layout = "kubernetes-tls" | "spiffe-helper" | "spiffe-fs";
+
+/** What a volume asked for in its files (validated from its csi.spire.io/* attributes). */
+export interface LayoutOptions {
+  layout: Layout;
+  files: { cert: string; key: string; bundle: string; credential: string };
+  federatedBundles: "files" | "merge" | "none";
+  bundleIntermediates: boolean;
+  allSvids: boolean;
+  /** One token file per audience. */
+  jwt: { audience: string; file: string }[];
+  envoySds: { file: string; certSecret: string; caSecret: string } | undefined;
+}
+
+export function trustBundleFileName(trustDomain: string): string {
+  return `${trustDomain}.trust-bundle.pem`;
+}
+
+/**
+ * Renders the files of one volume for its layout and options. All of them go into one atomic
+ * snapshot, so a reader always finds a key, its certificate, the bundles, the JWTs and the Envoy
+ * SDS file of the same moment.
+ */
+export function renderVolumeFiles(attributes: LayoutOptions, input: SnapshotInput): SnapshotFile[] {
+  const { identity } = input;
+  const own = input.bundles.get(identity.trustDomain) ?? [];
+  const federated = input.federatesWith
+    .filter((trustDomain) => trustDomain !== identity.trustDomain)
+    .map((trustDomain) => ({ trustDomain, certs: input.bundles.get(trustDomain) }))
+    .filter((entry): entry is { trustDomain: string; certs: readonly Uint8Array[] } => entry.certs !== undefined);
+  const intermediates = attributes.bundleIntermediates ? identity.certChainDer.slice(1) : [];
+  const keyPem = toPem("PRIVATE KEY", identity.keyPkcs8Der);
+  const chainPem = certificatesToPem(identity.certChainDer);
+  const files: SnapshotFile[] = [];
+
+  if (attributes.layout === "spiffe-fs") {
+    // SPIFFE Filesystem Delivery: the key block first, then the chain leaf-to-root; one bundle
+    // file per trust domain, never merged.
+    files.push({ name: attributes.files.credential, content: keyPem + chainPem, secret: true });
+    files.push({ name: trustBundleFileName(identity.trustDomain), content: certificatesToPem([...own, ...intermediates]), secret: false });
+  } else {
+    const merged = attributes.federatedBundles === "merge" ? federated.flatMap((entry) => entry.certs) : [];
+    files.push({ name: attributes.files.cert, content: chainPem, secret: false });
+    files.push({ name: attributes.files.key, content: keyPem, secret: true });
+    files.push({ name: attributes.files.bundle, content: certificatesToPem([...own, ...intermediates, ...merged]), secret: false });
+  }
+  if (attributes.federatedBundles === "files" || attributes.layout === "spiffe-fs") {
+    if (attributes.federatedBundles !== "none") {
+      for (const entry of federated) files.push({ name: trustBundleFileName(entry.trustDomain), content: certificatesToPem(entry.certs), secret: false });
+    }
+  }
+
+  if (attributes.allSvids) {
+    const index = input.allIdentities.map((svid, i) => {
+      files.push({ name: `svid-${i}.crt`, content: certificatesToPem(svid.certChainDer), secret: false });
+      files.push({ name: `svid-${i}.key`, content: toPem("PRIVATE KEY", svid.keyPkcs8Der), secret: true });
+      return { spiffeId: svid.spiffeId, hint: svid.hint, expiresAt: svid.expiresAt, certFile: `svid-${i}.crt`, keyFile: `svid-${i}.key` };
+    });
+    files.push({ name: "svids.json", content: `${JSON.stringify({ svids: index }, null, 2)}\n`, secret: false });
+  }
+
+  for (const { audience, file } of attributes.jwt) {
+    const token = input.jwtTokens.get(audience);
+    if (token) files.push({ name: file, content: token, secret: true });
+  }
+  if (attributes.jwt.length > 0) {
+    for (const [trustDomain, jwks] of input.jwtBundles) {
+      if (trustDomain === identity.trustDomain || input.federatesWith.includes(trustDomain)) {
+        files.push({ name: `${trustDomain}.jwt-bundle.json`, content: jwks, secret: false });
+      }
+    }
+  }
+
+  if (attributes.envoySds) {
+    const validation = [...own, ...intermediates, ...federated.flatMap((entry) => entry.certs)];
+    files.push({
+      name: attributes.envoySds.file,
+      content: envoySdsResponse({
+        certSecret: attributes.envoySds.certSecret,
+        caSecret: attributes.envoySds.caSecret,
+        chainPem,
+        keyPem,
+        trustedCaPem: certificatesToPem(validation),
+      }),
+      secret: true,
+    });
+  }
+  return files;
+}
