@@ -115,8 +115,8 @@ describe("real SPIRE agent", { timeout: 10 * 60_000 }, () => {
       await sleep(500);
       assert.equal((await readVolumeIdentity(volumes[0]!.targetPath)).serialNumber, before.serialNumber, "files stay while the agent is down");
     }
-    await spire.startAgent(undefined);
     const mark = driver.logs.length;
+    await spire.startAgent(undefined);
     const rotated = await waitForNewSerial(volumes[0]!.targetPath, before.serialNumber, ttlSeconds * 1000 + 10_000);
     assert.equal(rotated.spiffeId, webId);
     assert.ok(driver.logs.slice(mark).some((line) => line.msg === "identity files rotated"), "rotated by the resubscribed stream");

@@ -19,7 +19,7 @@ export interface DriverFixture {
  * unix socket paths are limited to 107 bytes). `close` stops everything and removes the dir.
  */
 export async function startDriverFixture(
-  options: { driver?: Partial<DriverProcessOptions>; trustDomain?: string } = {},
+  options: { driver?: Partial<DriverProcessOptions>; trustDomain?: string; withIntermediate?: boolean; jwtTtlSeconds?: number } = {},
 ): Promise<DriverFixture> {
   const dir = await mkdtemp("/tmp/scsi-");
   const kubeletRoot = join(dir, "kubelet");
@@ -27,7 +27,12 @@ export async function startDriverFixture(
   await mkdir(kubeletRoot);
   const agentSocket = join(dir, "agent", "admin.sock");
   await mkdir(join(dir, "agent"));
-  const agent = await startFakeAgent({ socketPath: agentSocket, trustDomain: options.trustDomain ?? "example.org" });
+  const agent = await startFakeAgent({
+    socketPath: agentSocket,
+    trustDomain: options.trustDomain ?? "example.org",
+    withIntermediate: options.withIntermediate,
+    jwtTtlSeconds: options.jwtTtlSeconds,
+  });
   let driver: DriverProcess | undefined;
   let kubelet: KubeletSimulator | undefined;
   const close = async () => {

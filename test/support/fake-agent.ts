@@ -85,6 +85,7 @@ interface SvidStream {
 export class FakeAgent extends EventEmitter {
   readonly entries = new Map<string, FakeEntry>();
   subscribeCalls = 0;
+  jwtFetches = 0;
   lastSelectors: Selector[] | undefined;
   private readonly svids = new Map<string, IssuedX509Svid>();
   private readonly svidStreams = new Set<SvidStream>();
@@ -99,6 +100,7 @@ export class FakeAgent extends EventEmitter {
     readonly socketPath: string,
     readonly ca: TestCa,
     private readonly svidTtlSeconds: number,
+    private readonly jwtTtlSeconds = 300,
   ) {
     super();
   }
@@ -232,7 +234,8 @@ export class FakeAgent extends EventEmitter {
         const selectors = request.selectors.map(({ type, value }) => ({ type, value }));
         if (request.audience.length === 0) throw new ConnectError("audience must be specified", Code.InvalidArgument);
         const svids = this.matching(selectors).map((entry) => {
-          const token = this.ca.signJwt({ spiffeId: entry.spiffeId, audience: request.audience });
+          this.jwtFetches += 1;
+          const token = this.ca.signJwt({ spiffeId: entry.spiffeId, audience: request.audience, ttlSeconds: this.jwtTtlSeconds });
           const payload = JSON.parse(Buffer.from(token.split(".")[1]!, "base64url").toString()) as { exp: number; iat: number };
           return { token, id: spiffeIdMessage(entry.spiffeId), expiresAt: BigInt(payload.exp), issuedAt: BigInt(payload.iat), hint: entry.hint ?? "" };
         });
@@ -328,10 +331,11 @@ export async function startFakeAgent(options: {
   socketPath: string;
   trustDomain?: string;
   svidTtlSeconds?: number;
+  jwtTtlSeconds?: number;
   withIntermediate?: boolean;
 }): Promise<FakeAgent> {
   const ca = await createTestCa({ trustDomain: options.trustDomain ?? "example.org", withIntermediate: options.withIntermediate ?? false });
-  const agent = new FakeAgent(options.socketPath, ca, options.svidTtlSeconds ?? 3600);
+  const agent = new FakeAgent(options.socketPath, ca, options.svidTtlSeconds ?? 3600, options.jwtTtlSeconds);
   await agent.start();
   return agent;
 }

@@ -142,7 +142,7 @@ export async function createTestCa(options: { trustDomain: string; withIntermedi
     signJwt({ spiffeId, audience, ttlSeconds = 300 }) {
       const now = Math.floor(Date.now() / 1000);
       const header = { alg: "ES256", kid: jwtKid, typ: "JWT" };
-      const payload = { sub: spiffeId, aud: audience, iat: now, exp: now + ttlSeconds };
+      const payload = { sub: spiffeId, aud: audience, iat: now, exp: now + ttlSeconds, jti: randomBytes(8).toString("hex") };
       const encode = (value: object) => Buffer.from(JSON.stringify(value)).toString("base64url");
       const signingInput = `${encode(header)}.${encode(payload)}`;
       const signature = createSign("SHA256").update(signingInput).sign({ key: jwtPrivate, dsaEncoding: "ieee-p1363" });

@@ -1,0 +1,245 @@
+#!/usr/bin/env bash
+# Chart tests for charts/spire-csi-driver.
+#
+# - builds helm v3 (helm.sh/helm/v3, cmd/helm) with Go into the peer cache outside the clone
+#   (like scripts/build-peers.sh), with the release ldflags so its default Kubernetes version is
+#   the one its client-go was built for;
+# - `helm lint --strict` and `helm template` with the default values, test/chart/values-custom.yaml
+#   and test/chart/values-no-metrics.yaml;
+# - decodes every rendered object strictly against the Kubernetes API types (Go checker in
+#   test/chart/checker, unknown or duplicate fields fail) and asserts the fields the driver needs;
+# - checks that the schema and the templates reject bad values.
+#
+# Exits non-zero on any failure. The last line is "chart: N passed, M failed".
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+
+HELM_VERSION="${HELM_VERSION:-v3.22.0}"
+chart=charts/spire-csi-driver
+namespace=spire-system
+cache_root="${SPIRE_CSI_PEER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/spire-csi-driver/peers}"
+bin_dir="$cache_root/bin"
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+
+passed=0
+failed=0
+say() { echo "chart: $*" >&2; }
+pass() { passed=$((passed + 1)); echo "ok - $*"; }
+fail() { failed=$((failed + 1)); echo "not ok - $*"; }
+finish() {
+  echo "chart: $passed passed, $failed failed"
+  [ "$failed" -eq 0 ]
+  exit $?
+}
+
+if ! command -v go >/dev/null 2>&1; then
+  fail "Go is not installed (need go >= 1.26 on PATH to build helm and the checker)"
+  finish
+fi
+mkdir -p "$bin_dir"
+
+# --- helm -----------------------------------------------------------------------------------
+# `go install helm.sh/helm/v3/cmd/helm@version` asks the proxy for the version list, which the
+# proxy here refuses; download the exact module and build inside it instead.
+helm="$bin_dir/helm-$HELM_VERSION"
+if [ ! -x "$helm" ]; then
+  say "building helm $HELM_VERSION into $bin_dir (cold: a few minutes)"
+  dir="$(go mod download -json "helm.sh/helm/v3@$HELM_VERSION" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')"
+  if [ -z "$dir" ] || [ ! -d "$dir" ]; then
+    fail "download helm.sh/helm/v3@$HELM_VERSION through the Go module proxy"
+    finish
+  fi
+  # What helm's Makefile does: the default Kubernetes version (for .Capabilities and the chart's
+  # kubeVersion) is client-go's v0.X -> 1.X; without it, helm assumes v1.20.
+  k8s_minor="$(cd "$dir" && go list -m -f '{{.Version}}' k8s.io/client-go | cut -d. -f2)"
+  ldflags="-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
+  for pkg in helm.sh/helm/v3/pkg/lint/rules helm.sh/helm/v3/pkg/chartutil; do
+    ldflags="$ldflags -X $pkg.k8sVersionMajor=1 -X $pkg.k8sVersionMinor=$k8s_minor"
+  done
+  tmp="$helm.partial.$$"
+  if (cd "$dir" && CGO_ENABLED=0 go build -trimpath -ldflags "$ldflags" -o "$tmp" ./cmd/helm >&2); then
+    mv "$tmp" "$helm"
+  else
+    rm -f "$tmp"
+    fail "build helm $HELM_VERSION"
+    finish
+  fi
+fi
+pass "helm $("$helm" version --template '{{.Version}}')"
+
+# --- checker --------------------------------------------------------------------------------
+# Cached by the hash of its sources, so a warm run does not relink it.
+checker_hash="$(cat test/chart/checker/go.mod test/chart/checker/go.sum test/chart/checker/*.go | sha256sum | cut -c1-16)"
+checker="$bin_dir/chart-checker-$checker_hash"
+if [ ! -x "$checker" ]; then
+  say "building the manifest checker (cold: about a minute)"
+  if (cd test/chart/checker && go build -mod=readonly -trimpath -o "$checker.partial.$$" . >&2); then
+    mv "$checker.partial.$$" "$checker"
+    # Drop checkers built from older sources.
+    find "$bin_dir" -maxdepth 1 -name 'chart-checker-*' ! -name "$(basename "$checker")" -delete
+  else
+    rm -f "$checker.partial.$$"
+    fail "build test/chart/checker"
+    finish
+  fi
+fi
+pass "checker built"
+
+# The checker must reject what it claims to reject: an unknown field in a DaemonSet.
+cat >"$work/unknown-field.yaml" <<'EOF'
+apiVersion: apps/v1
+kind: DaemonSet
+metadata:
+  name: x
+spec:
+  template:
+    spec:
+      containers:
+        - name: c
+          image: i:1
+          mountPropagation: Bidirectional
+EOF
+if "$checker" -manifest "$work/unknown-field.yaml" >"$work/unknown-field.out" 2>&1; then
+  fail "checker rejects an unknown field (it accepted containers[].mountPropagation)"
+elif grep -q 'not ok - document 0 (apps/v1 DaemonSet) decodes strictly.*unknown field' "$work/unknown-field.out"; then
+  pass "checker rejects an unknown field (containers[].mountPropagation)"
+else
+  fail "checker rejects an unknown field for the right reason"; cat "$work/unknown-field.out"
+fi
+
+# --- lint, render, check -------------------------------------------------------------------
+# scenario NAME CHECKER_FLAGS... -- HELM_FLAGS...
+scenario() {
+  local name="$1"
+  shift
+  local checker_flags=()
+  while [ "$1" != "--" ]; do checker_flags+=("$1"); shift; done
+  shift
+  if "$helm" lint --strict "$chart" --namespace "$namespace" "$@" >"$work/$name.lint" 2>&1; then
+    pass "$name: helm lint --strict"
+  else
+    fail "$name: helm lint --strict"; cat "$work/$name.lint"
+  fi
+  if ! "$helm" template spire-csi-driver "$chart" --namespace "$namespace" "$@" >"$work/$name.yaml" 2>"$work/$name.err"; then
+    fail "$name: helm template"; cat "$work/$name.err"
+    return
+  fi
+  pass "$name: helm template"
+  local out="$work/$name.check"
+  "$checker" -manifest "$work/$name.yaml" -namespace "$namespace" "${checker_flags[@]}" >"$out" 2>&1
+  local rc=$?
+  local result n m
+  result="$(tail -n 1 "$out")"
+  n="$(sed -n 's/^RESULT passed=\([0-9]*\) failed=\([0-9]*\)$/\1/p' <<<"$result")"
+  m="$(sed -n 's/^RESULT passed=\([0-9]*\) failed=\([0-9]*\)$/\2/p' <<<"$result")"
+  if [ -z "$n" ] || [ -z "$m" ]; then
+    fail "$name: checker ran (exit $rc)"; cat "$out"
+    return
+  fi
+  passed=$((passed + n))
+  failed=$((failed + m))
+  if [ "$rc" -ne 0 ] || [ "$m" -ne 0 ]; then
+    echo "$name: checker found problems:"
+    grep -v '^ok - ' "$out"
+    [ "$m" -eq 0 ] && fail "$name: checker exit status $rc"
+  else
+    echo "ok - $name: $n object checks"
+  fi
+}
+
+scenario defaults \
+  -kubelet-root /var/lib/kubelet -metrics-port 9809 -want-memory-limit 256Mi -- \
+  --set image.tag=test
+scenario custom \
+  -kubelet-root /var/lib/k0s/kubelet -metrics-port 9900 -want-podmonitor \
+  -metadata-dir /var/lib/k0s/spire-csi-driver/volumes -agent-socket-dir /run/spire/agent-admin \
+  -want-toleration-key dedicated -want-memory-limit 512Mi -want-priority-class platform-node-critical -- \
+  -f test/chart/values-custom.yaml
+scenario no-metrics \
+  -kubelet-root /var/lib/kubelet -metrics-port 0 -- \
+  -f test/chart/values-no-metrics.yaml
+
+# The image tag defaults to the chart's appVersion.
+app_version="$(sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' "$chart/Chart.yaml")"
+if "$helm" template spire-csi-driver "$chart" -n "$namespace" | grep -q "image: \"ghcr.io/spire-csi-driver/spire-csi-driver:$app_version\""; then
+  pass "image tag defaults to appVersion $app_version"
+else
+  fail "image tag defaults to appVersion $app_version"
+fi
+
+# NOTES name what the operator must configure, with the values' names.
+# (`helm install --dry-run` wants a cluster and `helm template` skips NOTES.txt: render a copy
+# of it, base64-encoded inside an ordinary YAML template.)
+cp -r "$chart" "$work/notes-chart"
+{
+  echo '{{- define "test.notes" -}}'
+  cat "$chart/templates/NOTES.txt"
+  echo '{{- end -}}'
+  echo 'notes: {{ include "test.notes" . | b64enc }}'
+} >"$work/notes-chart/templates/notes-copy.yaml"
+if "$helm" template spire-csi-driver "$work/notes-chart" -n "$namespace" -f test/chart/values-custom.yaml \
+  --show-only templates/notes-copy.yaml >"$work/notes.yaml" 2>&1 &&
+  sed -n 's/^notes: //p' "$work/notes.yaml" | base64 -d >"$work/notes.out" &&
+  grep -q 'authorized_delegates' "$work/notes.out" &&
+  grep -q '"spiffe://prod.example.com/system/spire-csi-driver"' "$work/notes.out" &&
+  grep -q 'admin_socket_path = "/run/spire/agent-admin/admin.sock"' "$work/notes.out" &&
+  grep -q -- '-selector k8s:sa:csi-spire' "$work/notes.out" &&
+  grep -q "kind: ClusterSPIFFEID" "$work/notes.out"; then
+  pass "NOTES.txt names admin_socket_path, authorized_delegates and the driver's entry"
+else
+  fail "NOTES.txt names admin_socket_path, authorized_delegates and the driver's entry"; cat "$work/notes.yaml" "$work/notes.out"
+fi
+
+# --- examples/ and deploy/spire/ decode strictly too ------------------------------------------
+# The attribute keys the driver accepts, from its zod schema (so the list never goes stale).
+known_attributes="$(grep -o '"csi\.spire\.io/[a-z0-9-]*":' src/volume/volume-attributes.ts | tr -d '":' | sort -u | paste -sd, -)"
+if [ -n "$known_attributes" ]; then
+  pass "volume attribute keys read from src/volume/volume-attributes.ts ($(tr ',' '\n' <<<"$known_attributes" | wc -l))"
+else
+  fail "volume attribute keys read from src/volume/volume-attributes.ts"
+fi
+for file in examples/*.yaml deploy/spire/*.yaml; do
+  out="$work/$(basename "$file").check"
+  "$checker" -decode-only -known-attributes "$known_attributes" -manifest "$file" >"$out" 2>&1
+  rc=$?
+  n="$(sed -n 's/^RESULT passed=\([0-9]*\) failed=\([0-9]*\)$/\1/p' "$out")"
+  m="$(sed -n 's/^RESULT passed=\([0-9]*\) failed=\([0-9]*\)$/\2/p' "$out")"
+  if [ -z "$n" ] || [ -z "$m" ]; then
+    fail "$file: checker ran (exit $rc)"; cat "$out"
+    continue
+  fi
+  passed=$((passed + n))
+  failed=$((failed + m))
+  if [ "$m" -ne 0 ] || [ "$rc" -ne 0 ]; then
+    echo "$file: checker found problems:"; grep -v '^ok - ' "$out"
+  else
+    echo "ok - $file: $n checks"
+  fi
+done
+if bash -n deploy/spire/entries.sh; then pass "deploy/spire/entries.sh parses"; else fail "deploy/spire/entries.sh parses"; fi
+
+# --- values that must be rejected ----------------------------------------------------------
+# expect_reject DESCRIPTION PATTERN HELM_FLAGS...
+expect_reject() {
+  local what="$1" pattern="$2"
+  shift 2
+  if "$helm" template spire-csi-driver "$chart" -n "$namespace" "$@" >"$work/reject.out" 2>&1; then
+    fail "rejects $what (it rendered)"
+  elif grep -qE -- "$pattern" "$work/reject.out"; then
+    pass "rejects $what"
+  else
+    fail "rejects $what with a message matching /$pattern/"; cat "$work/reject.out"
+  fi
+}
+expect_reject "an unknown top-level key" "additional properties 'kubeletDir' not allowed|kubeletDir" --set kubeletDir=/x
+expect_reject "an unknown nested key" "additional properties 'socket' not allowed|socket" --set agent.socket=/x
+expect_reject "volumeBacking other than tmpfs|directory" "volumeBacking" --set volumeBacking=nfs
+expect_reject "a relative kubeletRoot" "kubeletRoot" --set kubeletRoot=var/lib/kubelet
+expect_reject "a bad tmpfsSize" "tmpfsSize" --set tmpfsSize=4MB
+expect_reject "a bad publishTimeout" "publishTimeout" --set publishTimeout=30
+expect_reject "rollingUpdate.maxSurge (two drivers per node)" "maxSurge" --set updateStrategy.rollingUpdate.maxSurge=1
+expect_reject "podMonitor without metrics" "podMonitor.enabled needs metrics.enabled" \
+  --set podMonitor.enabled=true --set metrics.enabled=false
+
+finish
