@@ -16,7 +16,7 @@ export class DriverMetrics implements VolumeObserver {
 
   constructor(source: { volumes: () => VolumeManager | undefined; agentConnected: () => boolean }) {
     const registers = [this.registry];
-    collectDefaultMetrics({ register: this.registry, prefix: "spire_csi_process_" });
+    collectDefaultMetrics({ register: this.registry, prefix: "spire_csi_" });
     this.publishDuration = new Histogram({
       name: "spire_csi_publish_duration_seconds",
       help: "NodePublishVolume duration from request to files written, by outcome (ok or the error code)",

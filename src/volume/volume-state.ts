@@ -15,7 +15,7 @@ export type VolumeState =
   | { phase: "publishing"; since: number }
   | { phase: "adopting"; since: number }
   | { phase: "live"; identity: WrittenIdentity }
-  | { phase: "degraded"; problem: string; identity: WrittenIdentity | undefined }
+  | { phase: "degraded"; cause: "agent" | "write"; problem: string; identity: WrittenIdentity | undefined }
   | { phase: "stopped" };
 
 export type VolumePhase = VolumeState["phase"];

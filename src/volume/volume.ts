@@ -78,11 +78,15 @@ export class Volume {
       open: (signal) => deps.client.subscribeToX509SVIDs({ selectors: this.selectors }, { signal }),
       onMessage: (message) => this.acceptSvids(message),
       onStatus: (status) => {
+        if (status.state === "open" && this.state.phase === "degraded" && this.state.cause === "agent" && this.state.identity) {
+          // The agent is back and the files on disk are still current until it says otherwise.
+          this.state = { phase: "live", identity: this.state.identity };
+        }
         if (status.state !== "retrying") return;
         deps.observer.streamRetrying("x509-svids");
         this.lastObservation = { kind: "agent-problem", problem: status.problem };
         if (this.state.phase === "live") {
-          this.state = { phase: "degraded", problem: status.problem.detail, identity: this.state.identity };
+          this.state = { phase: "degraded", cause: "agent", problem: status.problem.detail, identity: this.state.identity };
         }
         const level = status.problem.kind === "not-authorized" ? "error" : "warn";
         this.logger[level]({ problem: status.problem.kind, retryInMs: status.delayMs }, status.problem.detail);
@@ -246,7 +250,7 @@ export class Volume {
         this.logger.error({ reason }, "writing the volume snapshot failed; the previous files stay in place");
         this.deps.observer.snapshotFailed(reason);
         const previous = this.state.phase === "live" || this.state.phase === "degraded" ? this.state.identity : undefined;
-        this.state = { phase: "degraded", problem: `write failed: ${reason}`, identity: previous };
+        this.state = { phase: "degraded", cause: "write", problem: `write failed: ${reason}`, identity: previous };
         continue;
       }
       this.writtenKey = key;

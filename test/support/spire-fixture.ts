@@ -28,6 +28,8 @@ export interface SpireOptions {
   /** SPIFFE IDs allowed to use the agent's Delegated Identity API. */
   authorizedDelegates?: string[];
   defaultX509SvidTtl?: string;
+  /** false starts only the server, e.g. as a second trust domain to federate with. */
+  agent?: boolean;
 }
 
 export interface EntryOptions {
@@ -91,7 +93,7 @@ export class SpireFixture {
     const fixture = new SpireFixture(dir, bin, trustDomain, options);
     try {
       await fixture.startServer();
-      await fixture.startAgent(await fixture.createJoinToken());
+      if (options.agent !== false) await fixture.startAgent(await fixture.createJoinToken());
     } catch (error) {
       const logs = await fixture.logTails();
       await fixture.stop();
@@ -119,6 +121,18 @@ export class SpireFixture {
     for (const td of entry.federatesWith ?? []) args.push("-federatesWith", td);
     const output = JSON.parse(await this.serverCli(args)) as { results: { entry: { id: string } }[] };
     return output.results[0]!.entry.id;
+  }
+
+  /** This server's X.509 bundle in the SPIFFE bundle format (JWKS). */
+  bundleShow(): Promise<string> {
+    return this.serverCli(["bundle", "show", "-format", "spiffe"]);
+  }
+
+  /** Federates with another trust domain by setting its bundle (static federation). */
+  async bundleSet(trustDomain: string, bundle: string): Promise<void> {
+    const file = join(this.dir, `${trustDomain}.bundle.json`);
+    await writeFile(file, bundle);
+    await this.serverCli(["bundle", "set", "-format", "spiffe", "-id", `spiffe://${trustDomain}`, "-path", file]);
   }
 
   async deleteEntry(id: string): Promise<void> {

@@ -1,0 +1,120 @@
+/**
+ * Delivery formats against real SPIRE v1.15.3: SPIFFE Filesystem Delivery with a federated trust
+ * domain served by a second SPIRE server, JWT-SVID refresh, and the Envoy SDS file after a
+ * rotation, decoded with Envoy's own API types.
+ */
+import assert from "node:assert/strict";
+import { createPublicKey, createVerify } from "node:crypto";
+import { mkdir, mkdtemp, readFile, rm } from "node:fs/promises";
+import { join } from "node:path";
+import { after, before, describe, test } from "node:test";
+import { setTimeout as sleep } from "node:timers/promises";
+import { DriverProcess } from "../support/driver-process.js";
+import { checkEnvoySds } from "../support/envoy-sds-checker.js";
+import { checkIdentity, pemBlocks } from "../support/identity-files.js";
+import { KubeletSimulator, type PublishedVolume } from "../support/kubelet-sim.js";
+import { SpireFixture } from "../support/spire-fixture.js";
+
+const pod = { uid: "ee11ff22-0000-4000-8000-000000000001", name: "edge-0", namespace: "mesh", serviceAccount: "edge" };
+const edgeId = "spiffe://example.org/ns/mesh/sa/edge";
+
+describe("real SPIRE: formats, federation, JWT refresh, Envoy SDS", { timeout: 10 * 60_000 }, () => {
+  let spire: SpireFixture;
+  let partner: SpireFixture;
+  let dir: string;
+  let driver: DriverProcess;
+  let kubelet: KubeletSimulator;
+  let fs: PublishedVolume;
+  let jwt: PublishedVolume;
+  let envoy: PublishedVolume;
+
+  before(async () => {
+    [spire, partner] = await Promise.all([SpireFixture.start(), SpireFixture.start({ trustDomain: "partner.test", agent: false })]);
+    await spire.bundleSet("partner.test", await partner.bundleShow());
+    await spire.registerDelegate();
+    await spire.createEntry({
+      spiffeId: edgeId,
+      selectors: ["k8s:ns:mesh", "k8s:sa:edge"],
+      x509SvidTtl: 30,
+      jwtSvidTtl: 20,
+      federatesWith: ["spiffe://partner.test"],
+    });
+    dir = await mkdtemp("/tmp/scsi-fmt-");
+    await mkdir(join(dir, "kubelet"));
+    driver = await DriverProcess.start({
+      pluginSocket: join(dir, "csi.sock"),
+      agentSocket: spire.adminSocket,
+      kubeletRoot: join(dir, "kubelet"),
+      metadataDir: join(dir, "meta"),
+      volumeBacking: "tmpfs",
+      publishTimeout: "8s",
+      logFile: join(dir, "driver.log"),
+    });
+    kubelet = new KubeletSimulator({ pluginSocket: join(dir, "csi.sock"), kubeletRoot: join(dir, "kubelet"), nodeName: "test-node" });
+    await kubelet.register();
+    const retry = { maxAttempts: 20, maxDelayMs: 1000, retryFinalErrors: true };
+    fs = await kubelet.publish(pod, "fs", { "csi.spire.io/layout": "spiffe-fs" }, retry);
+    jwt = await kubelet.publish(pod, "jwt", { "csi.spire.io/jwt-audiences": "e2e" }, retry);
+    envoy = await kubelet.publish(pod, "envoy", { "csi.spire.io/envoy-sds": "true" }, retry);
+  });
+
+  after(async () => {
+    await kubelet?.unpublishAll().catch(() => undefined);
+    await driver?.dispose();
+    await Promise.all([spire?.stop(), partner?.stop()]);
+    if (dir) await rm(dir, { recursive: true, force: true });
+  });
+
+  test("SPIFFE Filesystem Delivery: credential bundle, own and federated trust bundles in separate files", async () => {
+    const partnerBundle = await readFile(join(fs.targetPath, "partner.test.trust-bundle.pem"), "utf8");
+    const ownBundle = await readFile(join(fs.targetPath, "example.org.trust-bundle.pem"), "utf8");
+    const credential = await readFile(join(fs.targetPath, "credential-bundle.pem"), "utf8");
+    assert.equal(pemBlocks(credential)[0]!.label, "PRIVATE KEY");
+    const keyEnd = credential.indexOf("-----BEGIN CERTIFICATE-----");
+    assert.equal(checkIdentity(credential.slice(keyEnd), credential.slice(0, keyEnd), ownBundle).spiffeId, edgeId);
+    // The federated file holds exactly the partner server's CA, as its own bundle reports it.
+    const partnerJwks = JSON.parse(await partner.bundleShow()) as { keys: { use: string; x5c?: string[] }[] };
+    const partnerCas = partnerJwks.keys.filter((key) => key.use === "x509-svid").map((key) => key.x5c![0]);
+    assert.deepEqual(pemBlocks(partnerBundle).map((block) => block.der.toString("base64")).sort(), partnerCas.sort());
+    assert.throws(() => checkIdentity(credential.slice(keyEnd), credential.slice(0, keyEnd), partnerBundle), /does not verify/);
+  });
+
+  test("JWT-SVID: signed by the trust domain's JWKS, refreshed before it expires", async () => {
+    const tokenFile = join(jwt.targetPath, "jwt-e2e.token");
+    const first = await readFile(tokenFile, "utf8");
+    const [header, payload, signature] = first.split(".");
+    const claims = JSON.parse(Buffer.from(payload!, "base64url").toString()) as { sub: string; aud: string[]; exp: number; iat: number };
+    assert.equal(claims.sub, edgeId);
+    assert.deepEqual(claims.aud, ["e2e"]);
+    const { kid, alg } = JSON.parse(Buffer.from(header!, "base64url").toString()) as { kid: string; alg: string };
+    const jwks = JSON.parse(await readFile(join(jwt.targetPath, "example.org.jwt-bundle.json"), "utf8")) as { keys: { kid: string }[] };
+    const jwk = jwks.keys.find((key) => key.kid === kid);
+    assert.ok(jwk, "the token's key is in the JWT bundle file");
+    const verifier = createVerify(alg.startsWith("ES") ? "SHA256" : alg === "RS256" ? "RSA-SHA256" : "SHA256");
+    verifier.update(`${header}.${payload}`);
+    const dsaEncoding = alg.startsWith("ES") ? "ieee-p1363" : undefined;
+    assert.ok(verifier.verify({ key: createPublicKey({ key: jwk as never, format: "jwk" }), dsaEncoding } as never, Buffer.from(signature!, "base64url")), "signature verifies");
+    let refreshed = first;
+    while (refreshed === first && Date.now() < claims.exp * 1000) {
+      await sleep(500);
+      refreshed = await readFile(tokenFile, "utf8");
+    }
+    assert.notEqual(refreshed, first, "a new token before the first one expired");
+  });
+
+  test("Envoy SDS file after a rotation decodes with Envoy's API types and holds the new SVID", async () => {
+    const sdsFile = join(envoy.targetPath, "envoy-sds.json");
+    const before = await checkEnvoySds(sdsFile, "default", "ROOTCA");
+    assert.deepEqual(before.leafUris, [edgeId]);
+    assert.ok(before.keyMatchesLeaf);
+    assert.equal(before.trustedCas, 2, "own and federated CAs in the validation context");
+    const deadline = Date.now() + 40_000;
+    let after = before;
+    while (after.leafSerial === before.leafSerial && Date.now() < deadline) {
+      await sleep(500);
+      after = await checkEnvoySds(sdsFile, "default", "ROOTCA");
+    }
+    assert.notEqual(after.leafSerial, before.leafSerial, "rotated within one TTL");
+    assert.ok(after.keyMatchesLeaf);
+  });
+});

@@ -1,0 +1,122 @@
+// Command sds-checker decodes an Envoy file-based SDS file with Envoy's own API definitions
+// (go-control-plane), the way Envoy's path_config_source does, and prints what it found. It exits
+// non-zero when the file is not a DiscoveryResponse of envoy.extensions.transport_sockets.tls.v3.Secret
+// resources, or when the expected secrets are missing or empty.
+//
+// Usage: sds-checker <file> <cert-secret-name> <ca-secret-name>
+package main
+
+import (
+	"crypto"
+	"crypto/x509"
+	"encoding/json"
+	"encoding/pem"
+	"fmt"
+	"os"
+
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"google.golang.org/protobuf/encoding/protojson"
+)
+
+type report struct {
+	CertSecret     string   `json:"certSecret"`
+	CaSecret       string   `json:"caSecret"`
+	LeafURIs       []string `json:"leafUris"`
+	LeafSerial     string   `json:"leafSerial"`
+	ChainLength    int      `json:"chainLength"`
+	TrustedCAs     int      `json:"trustedCas"`
+	KeyMatchesLeaf bool     `json:"keyMatchesLeaf"`
+}
+
+func main() {
+	if len(os.Args) != 4 {
+		fail("usage: sds-checker <file> <cert-secret-name> <ca-secret-name>")
+	}
+	data, err := os.ReadFile(os.Args[1])
+	if err != nil {
+		fail("read: %v", err)
+	}
+	var response discoveryv3.DiscoveryResponse
+	// Unknown fields are errors, as in Envoy's strict proto validation of config files.
+	if err := (protojson.UnmarshalOptions{DiscardUnknown: false}).Unmarshal(data, &response); err != nil {
+		fail("not a DiscoveryResponse: %v", err)
+	}
+	secrets := map[string]*tlsv3.Secret{}
+	for i, resource := range response.GetResources() {
+		var secret tlsv3.Secret
+		if err := resource.UnmarshalTo(&secret); err != nil {
+			fail("resources[%d] (%s) is not a tls.v3.Secret: %v", i, resource.GetTypeUrl(), err)
+		}
+		if err := secret.ValidateAll(); err != nil {
+			fail("resources[%d] fails Envoy's validation rules: %v", i, err)
+		}
+		secrets[secret.GetName()] = &secret
+	}
+	certSecret, ok := secrets[os.Args[2]]
+	if !ok || certSecret.GetTlsCertificate() == nil {
+		fail("no tls_certificate secret named %q", os.Args[2])
+	}
+	caSecret, ok := secrets[os.Args[3]]
+	if !ok || caSecret.GetValidationContext() == nil {
+		fail("no validation_context secret named %q", os.Args[3])
+	}
+	chain := parseCerts(certSecret.GetTlsCertificate().GetCertificateChain().GetInlineString())
+	cas := parseCerts(caSecret.GetValidationContext().GetTrustedCa().GetInlineString())
+	if len(chain) == 0 || len(cas) == 0 {
+		fail("empty certificate chain or trusted CA")
+	}
+	key := certSecret.GetTlsCertificate().GetPrivateKey().GetInlineString()
+	block, _ := pem.Decode([]byte(key))
+	if block == nil || block.Type != "PRIVATE KEY" {
+		fail("private_key is not a PKCS#8 PEM block")
+	}
+	privateKey, err := x509.ParsePKCS8PrivateKey(block.Bytes)
+	if err != nil {
+		fail("private_key: %v", err)
+	}
+	signer, ok := privateKey.(crypto.Signer)
+	if !ok {
+		fail("private_key is not a signing key")
+	}
+	matches := signer.Public().(interface{ Equal(crypto.PublicKey) bool }).Equal(chain[0].PublicKey)
+	if !matches {
+		fail("private_key does not belong to the leaf certificate")
+	}
+	uris := []string{}
+	for _, uri := range chain[0].URIs {
+		uris = append(uris, uri.String())
+	}
+	out, _ := json.Marshal(report{
+		CertSecret:     certSecret.GetName(),
+		CaSecret:       caSecret.GetName(),
+		LeafURIs:       uris,
+		LeafSerial:     fmt.Sprintf("%X", chain[0].SerialNumber),
+		ChainLength:    len(chain),
+		TrustedCAs:     len(cas),
+		KeyMatchesLeaf: matches,
+	})
+	fmt.Println(string(out))
+}
+
+func parseCerts(text string) []*x509.Certificate {
+	var certs []*x509.Certificate
+	rest := []byte(text)
+	for {
+		var block *pem.Block
+		block, rest = pem.Decode(rest)
+		if block == nil {
+			return certs
+		}
+		cert, err := x509.ParseCertificate(block.Bytes)
+		if err != nil {
+			fail("bad certificate: %v", err)
+		}
+		certs = append(certs, cert)
+	}
+}
+
+func fail(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "sds-checker: "+format+"\n", args...)
+	os.Exit(1)
+}
