@@ -10,7 +10,20 @@ import { createAgentClient } from "./spire/agent-client.js";
 import { jwtBundleFeed, x509BundleFeed } from "./spire/bundle-feed.js";
 import { VolumeManager } from "./volume/volume-manager.js";
 
-const version = (JSON.parse(readFileSync(new URL("../package.json", import.meta.url), "utf8")) as { version: string }).version;
+/** The package version, found from src/ (tsx) as well as from dist/src/ (the built image). */
+function packageVersion(): string {
+  for (const relative of ["../package.json", "../../package.json"]) {
+    try {
+      const pkg = JSON.parse(readFileSync(new URL(relative, import.meta.url), "utf8")) as { name?: string; version: string };
+      if (pkg.name === "spire-csi-driver") return pkg.version;
+    } catch {
+      // Not at this level; try the next one up.
+    }
+  }
+  return "unknown";
+}
+
+const version = packageVersion();
 
 /** Wires config → agent client → volumes → CSI server, and tears it down in reverse order. */
 export async function runDriver(config: DriverConfig, logger: Logger): Promise<{ stop(): Promise<void> }> {

@@ -30,11 +30,17 @@ export async function writeSnapshot(targetDir: string, files: readonly SnapshotF
   const snapshotName = `${snapshotPrefix}${Date.now().toString(36).padStart(10, "0")}-${randomBytes(4).toString("hex")}`;
   const snapshotDir = join(targetDir, snapshotName);
   await mkdir(snapshotDir, { mode: modes.dir });
-  if (ownership.gid !== undefined) await chown(snapshotDir, 0, ownership.gid);
-  for (const file of files) {
-    const path = join(snapshotDir, file.name);
-    await writeFile(path, file.content, { mode: file.secret ? modes.secret : modes.file, flag: "wx" });
-    if (ownership.gid !== undefined) await chown(path, 0, ownership.gid);
+  try {
+    if (ownership.gid !== undefined) await chown(snapshotDir, 0, ownership.gid);
+    for (const file of files) {
+      const path = join(snapshotDir, file.name);
+      await writeFile(path, file.content, { mode: file.secret ? modes.secret : modes.file, flag: "wx" });
+      if (ownership.gid !== undefined) await chown(path, 0, ownership.gid);
+    }
+  } catch (error) {
+    // Free the space (a full tmpfs) and leave the published snapshot untouched.
+    await rm(snapshotDir, { recursive: true, force: true });
+    throw error;
   }
 
   const previous = await readLinkOrUndefined(join(targetDir, dataLink));

@@ -185,6 +185,7 @@ if "$helm" template spire-csi-driver "$work/notes-chart" -n "$namespace" -f test
   grep -q '"spiffe://prod.example.com/system/spire-csi-driver"' "$work/notes.out" &&
   grep -q 'admin_socket_path = "/run/spire/agent-admin/admin.sock"' "$work/notes.out" &&
   grep -q -- '-selector k8s:sa:csi-spire' "$work/notes.out" &&
+  grep -q -- '-spiffeID spiffe://prod.example.com/ns/default/sa/web' "$work/notes.out" &&
   grep -q "kind: ClusterSPIFFEID" "$work/notes.out"; then
   pass "NOTES.txt names admin_socket_path, authorized_delegates and the driver's entry"
 else
@@ -239,6 +240,8 @@ expect_reject "a relative kubeletRoot" "kubeletRoot" --set kubeletRoot=var/lib/k
 expect_reject "a bad tmpfsSize" "tmpfsSize" --set tmpfsSize=4MB
 expect_reject "a bad publishTimeout" "publishTimeout" --set publishTimeout=30
 expect_reject "rollingUpdate.maxSurge (two drivers per node)" "maxSurge" --set updateStrategy.rollingUpdate.maxSurge=1
+expect_reject "a delegate SPIFFE ID outside the trust domain" "must be in spire.trustDomain" \
+  --set spire.trustDomain=example.org --set spire.delegateSpiffeId=spiffe://other.org/spire-csi-driver
 expect_reject "podMonitor without metrics" "podMonitor.enabled needs metrics.enabled" \
   --set podMonitor.enabled=true --set metrics.enabled=false
 

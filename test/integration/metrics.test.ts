@@ -1,18 +1,9 @@
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
+import { sample } from "../support/prometheus.js";
 import { startDriverFixture, type DriverFixture } from "./driver-fixture.js";
 
 const pod = { uid: "ab12cd34-0000-4000-8000-0000000000aa", name: "api-0", namespace: "obs", serviceAccount: "api" };
-
-/** The value of one series in a Prometheus text exposition, or undefined. */
-export function sample(text: string, name: string, labels: Record<string, string> = {}): number | undefined {
-  for (const line of text.split("\n")) {
-    if (!line.startsWith(`${name}{`) && !line.startsWith(`${name} `)) continue;
-    const labelText = /\{(.*)\}/.exec(line)?.[1] ?? "";
-    if (Object.entries(labels).every(([key, value]) => labelText.includes(`${key}="${value}"`))) return Number(line.split(" ").pop());
-  }
-  return undefined;
-}
 
 async function waitForStatus(url: string, status: number, timeoutMs = 10_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;

@@ -1,0 +1,66 @@
+{{/* The CSI driver name. Fixed: it is the plugin name GetPluginInfo returns. */}}
+{{- define "spire-csi-driver.driverName" -}}csi.spire.io{{- end -}}
+
+{{- define "spire-csi-driver.name" -}}
+{{- .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "spire-csi-driver.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "spire-csi-driver.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "spire-csi-driver.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "spire-csi-driver.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "spire-csi-driver.labels" -}}
+helm.sh/chart: {{ include "spire-csi-driver.chart" . }}
+{{ include "spire-csi-driver.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/component: csi-node-plugin
+{{- end -}}
+
+{{- define "spire-csi-driver.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "spire-csi-driver.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "spire-csi-driver.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+
+{{/* kubeletRoot without a trailing slash; every kubelet path derives from it. */}}
+{{- define "spire-csi-driver.kubeletRoot" -}}
+{{- .Values.kubeletRoot | trimSuffix "/" -}}
+{{- end -}}
+
+{{/* Host dir of the CSI socket: <kubeletRoot>/plugins/csi.spire.io */}}
+{{- define "spire-csi-driver.pluginDir" -}}
+{{- printf "%s/plugins/%s" (include "spire-csi-driver.kubeletRoot" .) (include "spire-csi-driver.driverName" .) -}}
+{{- end -}}
+
+{{/* The agent admin socket as the driver sees it (the host dir is mounted at the same path). */}}
+{{- define "spire-csi-driver.agentSocket" -}}
+{{- printf "%s/%s" (.Values.agent.adminSocketDir | trimSuffix "/") .Values.agent.adminSocketName -}}
+{{- end -}}
+
+{{/* Fails the render on values that cannot work together. */}}
+{{- define "spire-csi-driver.validate" -}}
+{{- $td := .Values.spire.trustDomain -}}
+{{- if not (hasPrefix (printf "spiffe://%s/" $td) .Values.spire.delegateSpiffeId) -}}
+{{- fail (printf "spire.delegateSpiffeId %q must be in spire.trustDomain %q: authorized_delegates name workloads of the agent's own trust domain" .Values.spire.delegateSpiffeId $td) -}}
+{{- end -}}
+{{- end -}}
