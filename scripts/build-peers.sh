@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds the real peers the e2e suite and benchmarks run against (SPIRE server/agent,
-# csi-sanity, spiffe-helper) with `go install` through the Go module proxy, into a cache
-# outside the clone keyed by version, so a fresh clone on the same machine reuses them.
-# Prints the bin directory on the last line of stdout.
+# csi-sanity, spiffe-helper) with `go build` through the Go module proxy, into a cache outside
+# the clone keyed by version (bin/<name>-<version>), so a fresh clone on the same machine reuses
+# them. Usage: build-peers.sh [peer...] (default: all four). Progress goes to stderr; the bin
+# directory is the last line of stdout. Env: SPIRE_CSI_PEER_CACHE overrides the cache root.
 set -euo pipefail
 
 SPIRE_VERSION="${SPIRE_VERSION:-v1.15.3}"
@@ -15,27 +16,45 @@ cache_root="${SPIRE_CSI_PEER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/spire-csi-dr
 bin_dir="$cache_root/bin"
 mkdir -p "$bin_dir"
 
-if ! command -v go >/dev/null 2>&1; then
-  echo "build-peers: Go is not installed (need go >= 1.24 on PATH to build SPIRE and csi-sanity)" >&2
-  exit 1
-fi
-
 say() { echo "build-peers: $*" >&2; }
+
+# Go is needed only when something must be built; cached binaries are reused without it.
+require_go() {
+  if ! command -v go >/dev/null 2>&1; then
+    say "FAILED: Go is not installed (need go >= 1.24 on PATH to build $1; binaries go to $bin_dir)"
+    exit 1
+  fi
+}
 
 # `go install pkg@version` asks the proxy for the module's version list (deprecation check), which
 # the proxy here refuses. Instead each peer is built from a throwaway wrapper module in the cache
 # that requires the exact version; `replace` lines pin dependencies the proxy does not serve.
+# PEER_LDFLAGS (optional) is passed to the linker, e.g. to stamp SPIRE's version like its Makefile.
 # install_peer NAME VERSION CGO MODULE PACKAGE [REPLACE...]
 install_peer() {
-  local name="$1" version="$2" cgo="$3" module="$4" package="$5"
+  local name="$1" version="$2" cgo="$3" module="$4" package="$5" ldflags="${PEER_LDFLAGS:-}"
   shift 5
   local target="$bin_dir/$name-$version"
   if [ -x "$target" ]; then
     say "$name $version cached at $target"
     return
   fi
-  say "building $name $version ($package); a cold build takes minutes"
+  require_go "$name $version"
   local work="$cache_root/build/$name-$version"
+  mkdir -p "$cache_root/build"
+  # Test files run in parallel and each may call this script: one build per peer at a time.
+  local lock_fd
+  exec {lock_fd}>"$cache_root/build/$name-$version.lock"
+  if command -v flock >/dev/null 2>&1 && ! flock -n "$lock_fd"; then
+    say "waiting for another build of $name $version to finish"
+    flock "$lock_fd"
+  fi
+  if [ -x "$target" ]; then
+    say "$name $version cached at $target (built meanwhile)"
+    exec {lock_fd}>&-
+    return
+  fi
+  say "building $name $version ($package); a cold build takes minutes"
   rm -rf "$work"
   mkdir -p "$work"
   {
@@ -46,27 +65,33 @@ install_peer() {
     echo "require $module $version"
     for replacement in "$@"; do echo "replace $replacement"; done
   } > "$work/go.mod"
-  local tmp="$target.partial.$$"
-  if ! (cd "$work" && CGO_ENABLED="$cgo" GOFLAGS=-mod=mod go build -trimpath -o "$tmp" "$package" >&2); then
+  local tmp="$target.partial.$$" started=$SECONDS
+  if ! (cd "$work" && CGO_ENABLED="$cgo" GOFLAGS=-mod=mod go build -trimpath -ldflags "$ldflags" -o "$tmp" "$package" >&2); then
     rm -f "$tmp"
-    say "FAILED to build $name $version"
+    say "FAILED to build $name $version (wrapper module: $work/go.mod)"
     exit 1
   fi
   mv "$tmp" "$target"
-  say "$name $version built at $target"
+  exec {lock_fd}>&-
+  say "$name $version built at $target in $((SECONDS - started)) s"
 }
 
-# SPIRE v1.15.3 requires ejbca-go-client-sdk v1.1.0, which the module proxy refuses to serve; v1.0.2
-# has the API SPIRE's (unused here) EJBCA upstream-authority plugin compiles against.
+# SPIRE v1.15.3 requires ejbca-go-client-sdk v1.1.0, whose zip the module proxy refuses (403); v1.0.2
+# is served and has the API SPIRE's (unused here) EJBCA upstream-authority plugin compiles against.
+# All SPIRE code stays v1.15.3 (`go version -m <binary>` shows the replacement).
 spire_replace="github.com/Keyfactor/ejbca-go-client-sdk => github.com/Keyfactor/ejbca-go-client-sdk v1.0.2"
+# Like SPIRE's Makefile for a clean release tag: `spire-server --version` prints 1.15.3, not 1.15.3-dev-unk.
+spire_ldflags="-X github.com/spiffe/spire/pkg/common/version.gittag=${SPIRE_VERSION#v}"
+helper_ldflags="-X github.com/spiffe/spiffe-helper/pkg/version.gittag=${SPIFFE_HELPER_VERSION#v}"
+sanity_ldflags="-X main.VERSION=$CSI_TEST_VERSION"
 
 want="${*:-spire-server spire-agent csi-sanity spiffe-helper}"
 for peer in $want; do
   case "$peer" in
-    spire-server) install_peer spire-server "$SPIRE_VERSION" 1 github.com/spiffe/spire github.com/spiffe/spire/cmd/spire-server "$spire_replace" ;;
-    spire-agent) install_peer spire-agent "$SPIRE_VERSION" 0 github.com/spiffe/spire github.com/spiffe/spire/cmd/spire-agent "$spire_replace" ;;
-    csi-sanity) install_peer csi-sanity "$CSI_TEST_VERSION" 0 github.com/kubernetes-csi/csi-test/v5 github.com/kubernetes-csi/csi-test/v5/cmd/csi-sanity ;;
-    spiffe-helper) install_peer spiffe-helper "$SPIFFE_HELPER_VERSION" 0 github.com/spiffe/spiffe-helper github.com/spiffe/spiffe-helper/cmd/spiffe-helper ;;
+    spire-server) PEER_LDFLAGS="$spire_ldflags" install_peer spire-server "$SPIRE_VERSION" 1 github.com/spiffe/spire github.com/spiffe/spire/cmd/spire-server "$spire_replace" ;;
+    spire-agent) PEER_LDFLAGS="$spire_ldflags" install_peer spire-agent "$SPIRE_VERSION" 0 github.com/spiffe/spire github.com/spiffe/spire/cmd/spire-agent "$spire_replace" ;;
+    csi-sanity) PEER_LDFLAGS="$sanity_ldflags" install_peer csi-sanity "$CSI_TEST_VERSION" 0 github.com/kubernetes-csi/csi-test/v5 github.com/kubernetes-csi/csi-test/v5/cmd/csi-sanity ;;
+    spiffe-helper) PEER_LDFLAGS="$helper_ldflags" install_peer spiffe-helper "$SPIFFE_HELPER_VERSION" 0 github.com/spiffe/spiffe-helper github.com/spiffe/spiffe-helper/cmd/spiffe-helper ;;
     *) say "unknown peer '$peer' (known: spire-server spire-agent csi-sanity spiffe-helper)"; exit 2 ;;
   esac
 done

@@ -22,8 +22,8 @@ export function fileModes(ownership: FileOwnership): { dir: number; file: number
 /**
  * Writes all files of one update as one snapshot: a fresh hidden dir, then an atomic rename of
  * the `..data` symlink to point at it. The visible names are symlinks through `..data`, so every
- * reader sees either the whole old set or the whole new set. The previous snapshot dir is kept
- * until the next update so a reader that resolved `..data` just before the swap can finish.
+ * reader sees either the whole old set or the whole new set. Superseded snapshot dirs stay for a
+ * grace period so a reader that resolved `..data` just before a swap can finish reading.
  */
 export async function writeSnapshot(targetDir: string, files: readonly SnapshotFile[], ownership: FileOwnership): Promise<void> {
   const modes = fileModes(ownership);
@@ -53,15 +53,40 @@ export async function writeSnapshot(targetDir: string, files: readonly SnapshotF
   for (const name of wanted) {
     await ensureSymlink(join(targetDir, name), `${dataLink}/${name}`);
   }
-  for (const entry of await readdir(targetDir)) {
-    if (entry.startsWith("..")) {
-      if (entry.startsWith(snapshotPrefix) && entry !== snapshotName && entry !== previous) {
-        await rm(join(targetDir, entry), { recursive: true, force: true });
-      }
-    } else if (!wanted.has(entry)) {
-      await rm(join(targetDir, entry), { force: true });
-    }
+  const entries = await readdir(targetDir);
+  for (const entry of entries) {
+    if (!entry.startsWith("..") && !wanted.has(entry)) await rm(join(targetDir, entry), { force: true });
   }
+  for (const stale of staleSnapshots(entries, snapshotName, previous, Date.now())) {
+    await rm(join(targetDir, stale), { recursive: true, force: true });
+  }
+}
+
+/** How long a superseded snapshot stays for readers that resolved `..data` before the swap. */
+const snapshotGraceMs = 5_000;
+/** Upper bound of snapshot dirs kept, so fast updates cannot fill a small tmpfs. */
+const maxSnapshots = 6;
+
+function snapshotTime(name: string): number {
+  return parseInt(name.slice(snapshotPrefix.length).split("-")[0] ?? "0", 36);
+}
+
+/**
+ * Snapshots to delete: the current and the previous one always stay; an older one goes once the
+ * snapshot that replaced it is older than the grace period, or when more than maxSnapshots exist
+ * (oldest first). A crashed write's dir never became current and ages out the same way.
+ */
+export function staleSnapshots(entries: readonly string[], current: string, previous: string | undefined, nowMs: number): string[] {
+  const snapshots = entries.filter((entry) => entry.startsWith(snapshotPrefix)).sort((a, b) => snapshotTime(a) - snapshotTime(b) || a.localeCompare(b));
+  const stale: string[] = [];
+  snapshots.forEach((name, index) => {
+    if (name === current || name === previous) return;
+    const successor = snapshots[index + 1];
+    const replacedAt = successor ? snapshotTime(successor) : nowMs;
+    const overCap = snapshots.length - stale.length > maxSnapshots;
+    if (overCap || nowMs - replacedAt >= snapshotGraceMs) stale.push(name);
+  });
+  return stale;
 }
 
 /** Removes every file the driver wrote into the target, leaving the (now empty) dir itself. */

@@ -1,19 +1,27 @@
 import { execFile, spawn, type ChildProcess } from "node:child_process";
 import { once } from "node:events";
-import { createWriteStream } from "node:fs";
-import { access, mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
-import { createServer } from "node:net";
+import { createWriteStream, existsSync, rmSync } from "node:fs";
+import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { connect, createServer } from "node:net";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
+import { createClient, type Client } from "@connectrpc/connect";
+import { createGrpcTransport } from "@connectrpc/connect-node";
+import { DelegatedIdentity } from "../../src/gen/spire/api/agent/delegatedidentity/v1/delegatedidentity_pb.js";
 
 const run = promisify(execFile);
 const repoRoot = fileURLToPath(new URL("../..", import.meta.url));
 
-/** Directory holding spire-server-<v>, spire-agent-<v>, csi-sanity-<v> (scripts/build-peers.sh). */
+/**
+ * Directory holding spire-server-<v>, spire-agent-<v> (and csi-sanity-<v>, spiffe-helper-<v>):
+ * env SPIRE_BIN_DIR (or SPIRE_CSI_PEER_BIN), else the last stdout line of scripts/build-peers.sh,
+ * which builds missing peers into ~/.cache/spire-csi-driver/peers/bin (minutes when cold).
+ */
 export async function peerBinDir(): Promise<string> {
-  if (process.env.SPIRE_CSI_PEER_BIN) return process.env.SPIRE_CSI_PEER_BIN;
+  const fromEnv = process.env.SPIRE_BIN_DIR || process.env.SPIRE_CSI_PEER_BIN;
+  if (fromEnv) return fromEnv;
   const { stdout } = await run("bash", [join(repoRoot, "scripts/build-peers.sh"), "spire-server", "spire-agent"], {
     maxBuffer: 16 * 1024 * 1024,
     timeout: 30 * 60_000,
@@ -24,22 +32,55 @@ export async function peerBinDir(): Promise<string> {
 export const spireVersion = "v1.15.3";
 
 export interface SpireOptions {
+  /** Default `example.org`. */
   trustDomain?: string;
-  /** SPIFFE IDs allowed to use the agent's Delegated Identity API. */
+  /** SPIFFE IDs allowed to use the agent's Delegated Identity API; default `[delegateId]`. `[]` leaves everyone out. */
   authorizedDelegates?: string[];
-  defaultX509SvidTtl?: string;
+  /** The driver's delegate SPIFFE ID used by registerDelegate(); default `spiffe://<td>/spire-csi-driver`. */
+  delegateId?: string;
+  /** Server `default_x509_svid_ttl`: seconds or a Go duration ("1h"); default "1h". */
+  defaultX509SvidTtl?: string | number;
   /** false starts only the server, e.g. as a second trust domain to federate with. */
   agent?: boolean;
 }
 
 export interface EntryOptions {
   spiffeId: string;
+  /** "type:value" as the CLI takes them, e.g. "k8s:ns:default", "unix:uid:0". */
   selectors: string[];
+  /** Seconds. */
   x509SvidTtl?: number;
+  /** Seconds. */
   jwtSvidTtl?: number;
   hint?: string;
+  /** Trust domain names or spiffe://<td> IDs. */
   federatesWith?: string[];
+  /** Default: the agent (its join-token alias `agentId`). */
   parentId?: string;
+}
+
+export interface WaitForEntryOptions {
+  spiffeId: string;
+  /** "type:value" strings, the same form as EntryOptions.selectors. */
+  selectors: string[];
+  timeoutMs?: number;
+}
+
+export type DelegatedIdentityClient = Client<typeof DelegatedIdentity>;
+
+/** A Connect gRPC client of the Delegated Identity API on an agent admin socket. */
+export function delegatedIdentityClient(adminSocket: string): DelegatedIdentityClient {
+  return createClient(
+    DelegatedIdentity,
+    createGrpcTransport({ baseUrl: "http://localhost", nodeOptions: { createConnection: () => connect(adminSocket) } }),
+  );
+}
+
+/** "k8s:ns:demo" → { type: "k8s", value: "ns:demo" } */
+export function parseSelector(selector: string): { type: string; value: string } {
+  const colon = selector.indexOf(":");
+  if (colon <= 0) throw new Error(`selector "${selector}" is not type:value`);
+  return { type: selector.slice(0, colon), value: selector.slice(colon + 1) };
 }
 
 async function freePort(): Promise<number> {
@@ -51,15 +92,83 @@ async function freePort(): Promise<number> {
   return port;
 }
 
-const started = new Set<ChildProcess>();
-process.once("exit", () => {
-  for (const child of started) child.kill("SIGKILL");
-});
+function canConnect(path: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = connect(path);
+    socket.once("connect", () => {
+      socket.destroy();
+      resolve(true);
+    });
+    socket.once("error", () => resolve(false));
+  });
+}
+
+function alive(child: ChildProcess | undefined): boolean {
+  return child !== undefined && child.exitCode === null && child.signalCode === null;
+}
+
+/** Kills by PID and waits for the exit event (SIGKILL after `graceMs` if `signal` was gentler). */
+async function terminate(child: ChildProcess | undefined, signal: NodeJS.Signals, graceMs = 10_000): Promise<void> {
+  if (!child || !alive(child) || child.pid === undefined) return;
+  const exited = once(child, "exit");
+  try {
+    process.kill(child.pid, signal);
+  } catch {
+    // already gone
+  }
+  if (signal !== "SIGKILL") {
+    const timer = setTimeout(() => {
+      try {
+        process.kill(child.pid!, "SIGKILL");
+      } catch {
+        // already gone
+      }
+    }, graceMs);
+    await exited;
+    clearTimeout(timer);
+  } else {
+    await exited;
+  }
+}
+
+// Backstops so no SPIRE process outlives the test process, even when a test fails or hangs:
+// children get PDEATHSIG=SIGKILL (setpriv, util-linux) where available, and every live child is
+// killed by PID (and temp dirs of fixtures never stopped removed) on exit and on SIGINT/SIGTERM/SIGHUP.
+const setpriv = ["/usr/bin/setpriv", "/bin/setpriv"].find((path) => existsSync(path));
+const live = new Set<number>();
+const liveDirs = new Set<string>();
+function killAllLive(): void {
+  for (const pid of live) {
+    try {
+      process.kill(pid, "SIGKILL");
+    } catch {
+      // already gone
+    }
+  }
+  live.clear();
+  for (const dir of liveDirs) rmSync(dir, { recursive: true, force: true });
+  liveDirs.clear();
+}
+process.once("exit", killAllLive);
+for (const signal of ["SIGINT", "SIGTERM", "SIGHUP"] as const) {
+  const onSignal = () => {
+    killAllLive();
+    // Only re-raise when no one else handles the signal; otherwise leave it to them.
+    if (process.listenerCount(signal) === 0) process.kill(process.pid, signal);
+  };
+  process.once(signal, onSignal);
+}
+
+/** Starts a SPIRE v1.15.3 server (+ agent unless `agent: false`) in a fresh /tmp/spire-XXXXXX dir. */
+export function startSpire(options: SpireOptions = {}): Promise<SpireFixture> {
+  return SpireFixture.start(options);
+}
 
 /**
  * A real SPIRE server and agent (v1.15.3) on loopback and unix sockets in a temp dir: sqlite
- * datastore, join_token attestation, the unix workload attestor, an admin socket with
- * authorized delegates, and 1 s sync intervals so new entries reach the agent quickly.
+ * datastore, join_token attestation, the unix workload attestor, an admin socket (in its own dir,
+ * apart from the Workload API socket) with authorized delegates, and 1 s sync intervals so new
+ * entries reach the agent in about a second.
  */
 export class SpireFixture {
   readonly serverSocket: string;
@@ -67,11 +176,16 @@ export class SpireFixture {
   readonly adminSocket: string;
   readonly serverLog: string;
   readonly agentLog: string;
+  readonly delegateId: string;
+  /** Parent ID for workload entries: the alias SPIFFE ID the join token was generated with. */
   agentId = "";
+  /** The agent's own SPIFFE ID: spiffe://<td>/spire/agent/join_token/<token>. */
+  agentSpiffeId = "";
   private serverPort = 0;
   private server: ChildProcess | undefined;
   private agent: ChildProcess | undefined;
   private stopped = false;
+  private stopping: Promise<void> | undefined;
 
   private constructor(
     readonly dir: string,
@@ -84,11 +198,13 @@ export class SpireFixture {
     this.adminSocket = join(dir, "admin", "admin.sock");
     this.serverLog = join(dir, "server.log");
     this.agentLog = join(dir, "agent.log");
+    this.delegateId = options.delegateId ?? `spiffe://${trustDomain}/spire-csi-driver`;
   }
 
   static async start(options: SpireOptions = {}): Promise<SpireFixture> {
     const bin = await peerBinDir();
     const dir = await mkdtemp("/tmp/spire-");
+    liveDirs.add(dir);
     const trustDomain = options.trustDomain ?? "example.org";
     const fixture = new SpireFixture(dir, bin, trustDomain, options);
     try {
@@ -102,16 +218,21 @@ export class SpireFixture {
     return fixture;
   }
 
-  get delegateId(): string {
-    return `spiffe://${this.trustDomain}/spire-csi-driver`;
+  get serverPid(): number | undefined {
+    return alive(this.server) ? this.server!.pid : undefined;
   }
 
+  get agentPid(): number | undefined {
+    return alive(this.agent) ? this.agent!.pid : undefined;
+  }
+
+  /** Runs `spire-server <args> -socketPath <server socket>`; returns stdout. */
   async serverCli(args: string[]): Promise<string> {
     const { stdout } = await run(join(this.bin, `spire-server-${spireVersion}`), [...args, "-socketPath", this.serverSocket], { timeout: 30_000 });
     return stdout;
   }
 
-  /** Registers an entry under the agent; returns the entry id. */
+  /** Registers an entry (parent: the agent unless `parentId`); returns the entry id. */
   async createEntry(entry: EntryOptions): Promise<string> {
     const args = ["entry", "create", "-parentID", entry.parentId ?? this.agentId, "-spiffeID", entry.spiffeId, "-output", "json"];
     for (const selector of entry.selectors) args.push("-selector", selector);
@@ -119,8 +240,56 @@ export class SpireFixture {
     if (entry.jwtSvidTtl) args.push("-jwtSVIDTTL", String(entry.jwtSvidTtl));
     if (entry.hint) args.push("-hint", entry.hint);
     for (const td of entry.federatesWith ?? []) args.push("-federatesWith", td);
-    const output = JSON.parse(await this.serverCli(args)) as { results: { entry: { id: string } }[] };
-    return output.results[0]!.entry.id;
+    const output = JSON.parse(await this.serverCli(args)) as { results: { status?: { code?: number; message?: string }; entry?: { id: string } }[] };
+    const result = output.results[0];
+    if (!result?.entry?.id) throw new Error(`entry create failed: ${JSON.stringify(result?.status ?? output)}`);
+    return result.entry.id;
+  }
+
+  async deleteEntry(id: string): Promise<void> {
+    await this.serverCli(["entry", "delete", "-entryID", id]);
+  }
+
+  /** Registers `uid` (default: this process's) with `unix:uid:<uid>` as the driver's delegate identity; returns the entry id. */
+  registerDelegate(uid = process.getuid?.() ?? 0): Promise<string> {
+    return this.createEntry({ spiffeId: this.delegateId, selectors: [`unix:uid:${uid}`] });
+  }
+
+  /** A Delegated Identity API client on this agent's admin socket (one connection per client). */
+  client(): DelegatedIdentityClient {
+    return delegatedIdentityClient(this.adminSocket);
+  }
+
+  /**
+   * Waits until the agent hands out an X.509-SVID for `spiffeId` to `selectors` through the
+   * Delegated Identity API; returns the milliseconds waited. Needs this process registered as
+   * an authorized delegate (registerDelegate); PermissionDenied right after registering is retried.
+   */
+  async waitForEntryOnAgent({ spiffeId, selectors, timeoutMs = 30_000 }: WaitForEntryOptions): Promise<number> {
+    const started = Date.now();
+    const abort = new AbortController();
+    const timer = setTimeout(() => abort.abort(), timeoutMs);
+    let last = "";
+    try {
+      while (!abort.signal.aborted) {
+        try {
+          const stream = this.client().subscribeToX509SVIDs({ selectors: selectors.map(parseSelector) }, { signal: abort.signal });
+          for await (const message of stream) {
+            const ids = message.x509Svids.map((s) => `spiffe://${s.x509Svid?.id?.trustDomain}${s.x509Svid?.id?.path}`);
+            if (ids.includes(spiffeId)) return Date.now() - started;
+            last = `agent sent [${ids.join(", ")}]`;
+          }
+        } catch (error) {
+          if (abort.signal.aborted) break;
+          last = (error as Error).message;
+        }
+        await sleep(200, undefined, { signal: abort.signal }).catch(() => undefined);
+      }
+      throw new Error(`agent did not issue ${spiffeId} for [${selectors.join(", ")}] within ${timeoutMs} ms: ${last}`);
+    } finally {
+      clearTimeout(timer);
+      abort.abort();
+    }
   }
 
   /** This server's X.509 bundle in the SPIFFE bundle format (JWKS). */
@@ -135,58 +304,67 @@ export class SpireFixture {
     await this.serverCli(["bundle", "set", "-format", "spiffe", "-id", `spiffe://${trustDomain}`, "-path", file]);
   }
 
-  async deleteEntry(id: string): Promise<void> {
-    await this.serverCli(["entry", "delete", "-entryID", id]);
-  }
-
-  /** Registers the calling process's uid as the driver's delegate identity. */
-  registerDelegate(uid = process.getuid?.() ?? 0): Promise<string> {
-    return this.createEntry({ spiffeId: this.delegateId, selectors: [`unix:uid:${uid}`] });
-  }
-
+  /** SIGTERM, wait for exit, start again with the same data dir (the agent keeps its SVID); waits for fresh sockets. */
   async restartAgent(): Promise<void> {
     await this.stopAgent("SIGTERM");
-    await this.startAgent(undefined);
+    await this.startAgent();
   }
 
+  /** SIGKILL the agent and wait for it to exit (its socket files stay behind, as after a crash). */
+  killAgent(): Promise<void> {
+    return this.stopAgent("SIGKILL");
+  }
+
+  /** Sends `signal` to the agent by PID and waits for it to exit (SIGKILL after 10 s). */
   async stopAgent(signal: NodeJS.Signals = "SIGKILL"): Promise<void> {
     const agent = this.agent;
     this.agent = undefined;
-    if (agent && agent.exitCode === null && agent.signalCode === null) {
-      const exited = once(agent, "exit");
-      agent.kill(signal);
-      await exited;
-    }
+    await terminate(agent, signal);
   }
 
-  async startAgent(joinToken: string | undefined): Promise<void> {
+  /**
+   * Starts the agent; waits until it is healthy and its admin socket accepts connections. A
+   * joinToken (re)writes agent.conf; without one the existing config and data dir are reused.
+   */
+  async startAgent(joinToken?: string): Promise<void> {
+    if (alive(this.agent)) throw new Error("spire-agent is already running");
     if (joinToken !== undefined) await this.writeAgentConfig(joinToken);
+    // Stale socket files from a killed agent would make the readiness checks pass too early.
+    await rm(this.adminSocket, { force: true });
+    await rm(this.workloadSocket, { force: true });
     this.agent = this.spawn("spire-agent", ["run", "-config", join(this.dir, "agent.conf")], this.agentLog);
-    await this.waitHealthy("spire-agent", ["healthcheck", "-socketPath", this.workloadSocket]);
-    await this.waitForFile(this.adminSocket);
+    await this.waitHealthy("spire-agent", ["healthcheck", "-socketPath", this.workloadSocket], this.agent);
+    await this.waitForSocket(this.adminSocket, this.agent);
   }
 
-  async stop(): Promise<void> {
-    if (this.stopped) return;
-    this.stopped = true;
-    await this.stopAgent("SIGKILL");
-    const server = this.server;
-    if (server && server.exitCode === null && server.signalCode === null) {
-      const exited = once(server, "exit");
-      server.kill("SIGKILL");
-      await exited;
-    }
-    await rm(this.dir, { recursive: true, force: true });
+  /** Kills server and agent by PID, waits for both to exit, removes the temp dir. Safe to call twice. */
+  stop(): Promise<void> {
+    this.stopping ??= (async () => {
+      this.stopped = true;
+      await this.stopAgent("SIGKILL");
+      const server = this.server;
+      this.server = undefined;
+      await terminate(server, "SIGKILL");
+      await rm(this.dir, { recursive: true, force: true });
+      liveDirs.delete(this.dir);
+    })();
+    return this.stopping;
   }
 
+  get isStopped(): boolean {
+    return this.stopped;
+  }
+
+  /** The last `lines` lines of the server and agent logs (for failure messages). */
   async logTails(lines = 30): Promise<string> {
     const tail = async (path: string) => (await readFile(path, "utf8").catch(() => "")).split("\n").slice(-lines).join("\n");
-    return `--- server log ---\n${await tail(this.serverLog)}\n--- agent log ---\n${await tail(this.agentLog)}`;
+    return `--- ${this.serverLog} ---\n${await tail(this.serverLog)}\n--- ${this.agentLog} ---\n${await tail(this.agentLog)}`;
   }
 
   private async startServer(): Promise<void> {
     for (const sub of ["server", "workload", "admin", "server-data", "agent-data"]) await mkdir(join(this.dir, sub), { recursive: true });
     const port = await freePort();
+    const ttl = this.options.defaultX509SvidTtl ?? "1h";
     await writeFile(
       join(this.dir, "server.conf"),
       `server {
@@ -196,7 +374,7 @@ export class SpireFixture {
   trust_domain = "${this.trustDomain}"
   data_dir = "${join(this.dir, "server-data")}"
   log_level = "DEBUG"
-  default_x509_svid_ttl = "${this.options.defaultX509SvidTtl ?? "1h"}"
+  default_x509_svid_ttl = "${typeof ttl === "number" ? `${ttl}s` : ttl}"
   ca_ttl = "24h"
   experimental {
     cache_reload_interval = "1s"
@@ -220,15 +398,18 @@ plugins {
     );
     this.serverPort = port;
     this.server = this.spawn("spire-server", ["run", "-config", join(this.dir, "server.conf")], this.serverLog);
-    await this.waitHealthy("spire-server", ["healthcheck", "-socketPath", this.serverSocket]);
+    await this.waitHealthy("spire-server", ["healthcheck", "-socketPath", this.serverSocket], this.server);
   }
 
   private async createJoinToken(): Promise<string> {
-    const output = await this.serverCli(["token", "generate", "-spiffeID", `spiffe://${this.trustDomain}/node/test`, "-ttl", "3600"]);
+    const alias = `spiffe://${this.trustDomain}/node/test`;
+    const output = await this.serverCli(["token", "generate", "-spiffeID", alias, "-ttl", "3600"]);
     const token = /Token: (\S+)/.exec(output)?.[1];
     if (!token) throw new Error(`no join token in: ${output}`);
-    // The agent's own SPIFFE ID for a join token; entries hang under the alias node ID.
-    this.agentId = `spiffe://${this.trustDomain}/node/test`;
+    // The token's -spiffeID makes the server create a node alias entry for the agent, so
+    // workload entries can hang under a SPIFFE ID known before the agent attests.
+    this.agentId = alias;
+    this.agentSpiffeId = `spiffe://${this.trustDomain}/spire/agent/join_token/${token}`;
     return token;
   }
 
@@ -270,19 +451,27 @@ plugins {
   }
 
   private spawn(name: "spire-server" | "spire-agent", args: string[], logFile: string): ChildProcess {
-    const child = spawn(join(this.bin, `${name}-${spireVersion}`), args, { cwd: this.dir, stdio: ["ignore", "pipe", "pipe"] });
+    const binary = join(this.bin, `${name}-${spireVersion}`);
+    // setpriv execs the binary in place, so child.pid is the SPIRE process itself.
+    const [command, argv] = setpriv ? [setpriv, ["--pdeathsig", "KILL", "--", binary, ...args]] : [binary, args];
+    const child = spawn(command, argv, { cwd: this.dir, stdio: ["ignore", "pipe", "pipe"] });
     const log = createWriteStream(logFile, { flags: "a" });
     child.stdout?.pipe(log);
     child.stderr?.pipe(log);
-    started.add(child);
-    child.once("exit", () => started.delete(child));
+    child.once("error", (error) => log.write(`spawn ${name} failed: ${error.message}\n`));
+    const pid = child.pid;
+    if (pid !== undefined) {
+      live.add(pid);
+      child.once("exit", () => live.delete(pid));
+    }
     return child;
   }
 
-  private async waitHealthy(name: "spire-server" | "spire-agent", args: string[], timeoutMs = 60_000): Promise<void> {
+  private async waitHealthy(name: "spire-server" | "spire-agent", args: string[], child: ChildProcess, timeoutMs = 60_000): Promise<void> {
     const deadline = Date.now() + timeoutMs;
     let last = "";
     while (Date.now() < deadline) {
+      if (!alive(child)) throw new Error(`${name} exited (code ${child.exitCode}, signal ${child.signalCode}) before becoming healthy`);
       try {
         await run(join(this.bin, `${name}-${spireVersion}`), args, { timeout: 10_000 });
         return;
@@ -294,12 +483,13 @@ plugins {
     throw new Error(`${name} not healthy within ${timeoutMs} ms: ${last}`);
   }
 
-  private async waitForFile(path: string, timeoutMs = 30_000): Promise<void> {
+  private async waitForSocket(path: string, child: ChildProcess, timeoutMs = 30_000): Promise<void> {
     const deadline = Date.now() + timeoutMs;
     while (Date.now() < deadline) {
-      if (await access(path).then(() => true, () => false)) return;
+      if (!alive(child)) throw new Error(`process exited before ${path} accepted connections`);
+      if (await canConnect(path)) return;
       await sleep(100);
     }
-    throw new Error(`${path} did not appear within ${timeoutMs} ms`);
+    throw new Error(`${path} did not accept connections within ${timeoutMs} ms`);
   }
 }

@@ -3,7 +3,7 @@ import { lstat, mkdtemp, readFile, readdir, readlink, rm, stat } from "node:fs/p
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
-import { clearSnapshots, hasSnapshot, writeSnapshot } from "../../src/files/atomic-snapshot.js";
+import { clearSnapshots, hasSnapshot, staleSnapshots, writeSnapshot } from "../../src/files/atomic-snapshot.js";
 
 async function tempTarget(t: { after(fn: () => Promise<void>): void }): Promise<string> {
   const dir = await mkdtemp(join(tmpdir(), "snap-"));
@@ -27,7 +27,7 @@ test("files are symlinks through ..data into one snapshot dir", async (t) => {
   assert.equal(await hasSnapshot(dir), true);
 });
 
-test("a new snapshot swaps all files together and keeps only the previous dir", async (t) => {
+test("a new snapshot swaps all files together; superseded dirs stay for readers mid-swap", async (t) => {
   const dir = await tempTarget(t);
   await writeSnapshot(dir, files("1"), {});
   const first = await readlink(join(dir, "..data"));
@@ -38,9 +38,18 @@ test("a new snapshot swaps all files together and keeps only the previous dir", 
   assert.equal(await readFile(join(dir, "tls.key"), "utf8"), "key-2");
   await writeSnapshot(dir, files("3"), {});
   const snapshots = (await readdir(dir)).filter((name) => name.startsWith("..snap-"));
-  assert.equal(snapshots.length, 2, "current and previous snapshot dirs remain");
-  assert.ok(snapshots.includes(second), "the previous snapshot is kept for readers mid-swap");
-  assert.ok(!snapshots.includes(first), "older snapshots are removed");
+  assert.ok(snapshots.includes(second) && snapshots.includes(first), "recently superseded snapshots are kept");
+  for (let i = 4; i < 12; i++) await writeSnapshot(dir, files(String(i)), {});
+  assert.ok((await readdir(dir)).filter((name) => name.startsWith("..snap-")).length <= 6, "never more than the cap");
+});
+
+test("stale snapshots: current and previous always stay; older ones go after the grace period or over the cap", () => {
+  const name = (ms: number, tag = "aa") => `..snap-${ms.toString(36).padStart(10, "0")}-${tag}`;
+  const entries = [name(1000), name(2000), name(3000), name(9000), "..data", "tls.crt"];
+  assert.deepEqual(staleSnapshots(entries, name(9000), name(3000), 9500), [name(1000), name(2000)], "replaced 7.5 s and 6.5 s ago");
+  assert.deepEqual(staleSnapshots(entries, name(9000), name(3000), 6000), [], "all within the grace period");
+  const many = Array.from({ length: 10 }, (_, i) => name(100_000 + i));
+  assert.deepEqual(staleSnapshots(many, many[9]!, many[8]!, 100_010), many.slice(0, 4), "over the cap: oldest first");
 });
 
 test("files that leave the set disappear; leftovers of a crashed write are swept", async (t) => {
