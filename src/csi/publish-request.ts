@@ -82,8 +82,8 @@ export function parseUnpublishRequest(request: NodeUnpublishVolumeRequest, kubel
 
 function parseVolumeId(volumeId: string): string {
   if (volumeId === "") throw invalidArgument("volume_id", "is required");
-  if (!volumeIdPattern.test(volumeId)) {
-    throw invalidArgument("volume_id", "must be 1-128 characters of A-Z a-z 0-9 . _ - (kubelet sends csi-<sha256>)");
+  if (!volumeIdPattern.test(volumeId) || volumeId === "." || volumeId === "..") {
+    throw invalidArgument("volume_id", "must be 1-128 characters of A-Z a-z 0-9 . _ -, not . or .. (kubelet sends csi-<sha256>)");
   }
   return volumeId;
 }

@@ -72,6 +72,15 @@ export class VolumeManager {
           `volume ${spec.volumeId} is already published with a different ${difference}; unpublish it first`,
         );
       }
+      if (existing.state.phase === "adopting") {
+        // Re-adopted after a crash that may have come before the first write: only report the
+        // volume as published once its files are on disk.
+        try {
+          await existing.waitForFirstWrite(AbortSignal.timeout(this.options.publishTimeoutMs));
+        } catch (error) {
+          throw this.publishFailure(existing, error);
+        }
+      }
       return;
     }
     for (const other of this.volumes.values()) {

@@ -115,13 +115,14 @@ describe("file layouts and formats", () => {
     }
   });
 
-  test("JWT-SVIDs: one token file per audience, refreshed before half-life; JWKS per trust domain", async () => {
+  test("JWT-SVIDs: one token file per audience, refreshed before half-life; JWKS per trust domain (own and federated)", async () => {
     const volume = await fx.kubelet.publish(pod, "jwt", { "csi.spire.io/jwt-audiences": "vault, https://api.example.com" });
     assert.deepEqual(await visible(volume.targetPath), [
       "ca.crt",
       "example.org.jwt-bundle.json",
       "jwt-https___api.example.com.token",
       "jwt-vault.token",
+      "partner.example.jwt-bundle.json",
       "partner.example.trust-bundle.pem",
       "tls.crt",
       "tls.key",

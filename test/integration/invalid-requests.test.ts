@@ -40,6 +40,7 @@ describe("every malformed publish gets INVALID_ARGUMENT naming the field, and wr
   const cases: [string, (r: MessageInitShape<typeof NodePublishVolumeRequestSchema>) => void, RegExp][] = [
     ["empty volume_id", (r) => (r.volumeId = ""), /^volume_id: is required/],
     ["volume_id with a slash", (r) => (r.volumeId = "csi-../../etc"), /^volume_id: must be/],
+    ["volume_id ..", (r) => (r.volumeId = ".."), /^volume_id: must be/],
     ["empty target_path", (r) => (r.targetPath = ""), /^target_path: is required/],
     ["relative target_path", (r) => (r.targetPath = "pods/x/mount"), /^target_path: must be an absolute path/],
     ["target_path with ..", (r) => (r.targetPath = `${r.targetPath}/../../../../../../etc`), /^target_path: must be a normalised path/],

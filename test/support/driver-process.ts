@@ -24,6 +24,18 @@ export interface DriverProcessOptions {
   extraArgs?: string[];
 }
 
+/** Things that must never appear in the driver's output: PEM blocks, DER certs or keys in base64, JWTs. */
+export const secretPatterns: { name: string; pattern: RegExp }[] = [
+  { name: "PEM block", pattern: /-----BEGIN [A-Z ]+-----/ },
+  { name: "base64 DER", pattern: /MII[A-Za-z0-9+/]{60,}/ },
+  { name: "PKCS#8 EC key", pattern: /MIGHAgEAMBMG[A-Za-z0-9+/]{20,}/ },
+  { name: "JWT", pattern: /eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}/ },
+];
+
+export function findSecrets(line: string): string[] {
+  return secretPatterns.filter(({ pattern }) => pattern.test(line)).map(({ name }) => name);
+}
+
 interface LogLine {
   level: number;
   msg: string;
@@ -37,6 +49,8 @@ interface LogLine {
 export class DriverProcess {
   readonly logs: LogLine[] = [];
   readonly rawOutput: string[] = [];
+  /** Log lines that carried secret material; dispose() fails the test when there are any. */
+  readonly secretLeaks: string[] = [];
   private child: ChildProcess | undefined;
   private logStream: WriteStream | undefined;
 
@@ -88,6 +102,8 @@ export class DriverProcess {
       buffered = lines.pop() ?? "";
       for (const line of lines) {
         this.rawOutput.push(line);
+        const found = findSecrets(line);
+        if (found.length > 0) this.secretLeaks.push(`${found.join(", ")}: ${line.slice(0, 120)}`);
         try {
           this.logs.push(JSON.parse(line) as LogLine);
         } catch {
@@ -130,6 +146,9 @@ export class DriverProcess {
     await this.stop("SIGKILL");
     await new Promise<void>((resolve) => (this.logStream ? this.logStream.end(resolve) : resolve()));
     this.logStream = undefined;
+    if (this.secretLeaks.length > 0) {
+      throw new Error(`the driver logged secret material (${this.secretLeaks.length} lines):\n${this.secretLeaks.slice(0, 3).join("\n")}`);
+    }
   }
 
   /** Waits until a log line matches, checking lines logged since `fromIndex`. */

@@ -1,7 +1,6 @@
 import { EventEmitter } from "node:events";
 import { rm } from "node:fs/promises";
 import { createServer, type Http2Server, type ServerHttp2Session } from "node:http2";
-import { setTimeout as sleep } from "node:timers/promises";
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import { Code, ConnectError, type ConnectRouter, type HandlerContext } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
@@ -22,11 +21,26 @@ export interface FakeEntry {
   spiffeId: string;
   selectors: Selector[];
   hint?: string;
+  /** Federated trust domains, as "spiffe://td" or "td" (sent as "spiffe://td", like SPIRE). */
   federatesWith?: string[];
 }
 
-/** The text SPIRE's agent returns when the caller is not an authorized delegate. */
+export interface FakeAgentOptions {
+  socketPath: string;
+  trustDomain?: string;
+  svidTtlSeconds?: number;
+  jwtTtlSeconds?: number;
+  withIntermediate?: boolean;
+  /** Re-issue each SVID at half its lifetime, as SPIRE does (for demos and soak runs). */
+  rotateAtHalfLife?: boolean;
+}
+
+/** The text SPIRE's agent returns when the caller's entries hold no authorized delegate ID. */
 export const notAuthorizedMessage = "caller not configured as an authorized delegate";
+/** The text SPIRE's agent returns when the caller has no entry at all, or FetchJWTSVIDs matches none. */
+export const noIdentityIssuedMessage = "no identity issued";
+
+type BundleMap = Record<string, Uint8Array>;
 
 /** A per-stream queue: pushes from the test side, pulled by the streaming handler. */
 class StreamQueue<T> {
@@ -40,6 +54,7 @@ class StreamQueue<T> {
     this.wake?.();
   }
 
+  /** Ends the stream with an error status; queued but unsent items are discarded, like a broken connection. */
   fail(error: ConnectError): void {
     this.failure = error;
     this.wake?.();
@@ -56,12 +71,12 @@ class StreamQueue<T> {
     try {
       for (;;) {
         if (this.failure) throw this.failure;
+        if (this.ended) return;
         const item = this.items.shift();
         if (item !== undefined) {
           yield item;
           continue;
         }
-        if (this.ended) return;
         await new Promise<void>((resolve) => (this.wake = resolve));
         this.wake = undefined;
       }
@@ -74,35 +89,53 @@ class StreamQueue<T> {
 interface SvidStream {
   selectors: Selector[];
   queue: StreamQueue<SubscribeToX509SVIDsResponse>;
-  lastSent: string | undefined;
+  /** What was last sent, so unchanged sets are not re-sent unless a test forces it. */
+  lastSentKey: string | undefined;
+  /** Opened while `holdNewSvids(true)`: gets nothing until released ("not minted yet"). */
+  held: boolean;
+}
+
+interface CachedSvid {
+  svid: IssuedX509Svid;
+  issuedAtMs: number;
 }
 
 /**
  * A Delegated Identity agent for tests and the demo, serving the real proto on a unix socket and
- * behaving like SPIRE: an entry matches when all its selectors are in the request; the full set
- * is sent at once (empty when nothing matches) and again on every change. Controls inject faults.
+ * behaving like SPIRE v1.15: an entry matches when all its selectors are in the request; the
+ * full set is sent at once (empty when nothing matches) and again on every change; authorization
+ * is checked on each call and again before each update. Fault controls and counters are public.
+ *
+ * Events: "streams" (open X.509-SVID stream count), "subscribe" (selectors of each call).
  */
 export class FakeAgent extends EventEmitter {
   readonly entries = new Map<string, FakeEntry>();
+  /** Every SubscribeToX509SVIDs call, refused ones included. */
   subscribeCalls = 0;
+  /** JWT-SVIDs minted by FetchJWTSVIDs. */
   jwtFetches = 0;
   lastSelectors: Selector[] | undefined;
-  private readonly svids = new Map<string, IssuedX509Svid>();
+  private readonly svids = new Map<string, CachedSvid>();
   private readonly svidStreams = new Set<SvidStream>();
-  private readonly bundleStreams = new Set<StreamQueue<{ caCertificates: Record<string, Uint8Array> }>>();
+  private readonly bundleStreams = new Set<StreamQueue<{ caCertificates: BundleMap }>>();
+  private readonly jwtBundleStreams = new Set<StreamQueue<{ bundles: BundleMap }>>();
   private readonly federated = new Map<string, TestCa>();
+  private bundleOverride: BundleMap | undefined;
   private server: Http2Server | undefined;
   private readonly sessions = new Set<ServerHttp2Session>();
   private denied = false;
   private holding = false;
+  private rotationTimer: NodeJS.Timeout | undefined;
 
   constructor(
     readonly socketPath: string,
     readonly ca: TestCa,
     private readonly svidTtlSeconds: number,
     private readonly jwtTtlSeconds = 300,
+    private readonly rotateAtHalfLife = false,
   ) {
     super();
+    this.setMaxListeners(0);
   }
 
   get openX509Streams(): number {
@@ -113,7 +146,17 @@ export class FakeAgent extends EventEmitter {
     return this.bundleStreams.size;
   }
 
+  get openJwtBundleStreams(): number {
+    return this.jwtBundleStreams.size;
+  }
+
+  get listening(): boolean {
+    return this.server !== undefined;
+  }
+
+  /** Binds the socket (removing a stale file first); call again after `stop()` to model an agent restart. */
   async start(): Promise<void> {
+    if (this.server) throw new Error(`fake agent already listening on ${this.socketPath}`);
     await rm(this.socketPath, { force: true });
     const handler = connectNodeAdapter({ routes: (router) => this.routes(router), grpc: true, connect: false, grpcWeb: false });
     const server = createServer(handler);
@@ -123,22 +166,34 @@ export class FakeAgent extends EventEmitter {
     });
     await new Promise<void>((resolve, reject) => {
       server.once("error", reject);
-      server.listen(this.socketPath, () => resolve());
+      server.listen(this.socketPath, () => {
+        server.off("error", reject);
+        resolve();
+      });
     });
     this.server = server;
+    if (this.rotateAtHalfLife) {
+      this.rotationTimer = setInterval(() => void this.rotateHalfLived(), 250);
+      this.rotationTimer.unref();
+    }
   }
 
-  /** Like an agent process going away: every stream breaks, the socket file disappears. */
+  /** Like the agent process going away: every stream breaks, the socket file disappears. */
   async stop(): Promise<void> {
+    clearInterval(this.rotationTimer);
+    this.rotationTimer = undefined;
     const server = this.server;
     this.server = undefined;
-    for (const stream of this.svidStreams) stream.queue.fail(new ConnectError("agent shutting down", Code.Unavailable));
-    for (const queue of this.bundleStreams) queue.fail(new ConnectError("agent shutting down", Code.Unavailable));
+    this.failAllStreams(new ConnectError("agent shutting down", Code.Unavailable));
+    // Let the handlers write their UNAVAILABLE status before the connections go; destroying the
+    // sessions at once would surface as CANCELED, which no real agent shutdown produces.
+    await this.waitForHandlersToEnd(1_000);
     for (const session of this.sessions) session.destroy();
     if (server) await new Promise<void>((resolve) => server.close(() => resolve()));
     await rm(this.socketPath, { force: true });
   }
 
+  /** Registers an entry (its SVID is minted at once) and pushes to the streams it matches. */
   async addEntry(entry: FakeEntry): Promise<void> {
     this.entries.set(entry.id, entry);
     await this.issue(entry);
@@ -153,9 +208,14 @@ export class FakeAgent extends EventEmitter {
 
   /** Re-issues the SVIDs (all, or one entry's) and pushes the new sets to every open stream. */
   async rotate(entryId?: string): Promise<void> {
-    const targets = entryId ? [this.entries.get(entryId)!] : [...this.entries.values()];
+    const targets = entryId === undefined ? [...this.entries.values()] : [this.entry(entryId)];
     await Promise.all(targets.map((entry) => this.issue(entry)));
     this.pushAll();
+  }
+
+  /** The SVID currently cached for an entry (what subscribers receive). */
+  currentSvid(entryId: string): IssuedX509Svid | undefined {
+    return this.svids.get(entryId)?.svid;
   }
 
   /** Pushes every stream's current set again, unchanged (SPIRE does this on cache updates). */
@@ -163,96 +223,144 @@ export class FakeAgent extends EventEmitter {
     this.pushAll(true);
   }
 
+  /** Sends an arbitrary response to every open X.509-SVID stream (malformed-data tests). */
   pushRaw(response: MessageInitShape<typeof SubscribeToX509SVIDsResponseSchema>): void {
     const message = create(SubscribeToX509SVIDsResponseSchema, response);
     for (const stream of this.svidStreams) stream.queue.push(message);
   }
 
-  dropStreams(code: Code = Code.Unavailable): void {
-    for (const stream of this.svidStreams) stream.queue.fail(new ConnectError("stream dropped by the test", code));
-    for (const queue of this.bundleStreams) queue.fail(new ConnectError("stream dropped by the test", code));
+  /** Sends an arbitrary bundle map to every bundle stream once (malformed-data tests). */
+  pushRawBundles(caCertificates: BundleMap): void {
+    for (const queue of this.bundleStreams) queue.push({ caCertificates });
   }
 
+  /**
+   * Replaces the X.509 bundle map the agent serves ("spiffe://td" -> concatenated DER) and pushes
+   * it; `undefined` goes back to the CA's roots plus the federated CAs.
+   */
+  setBundles(caCertificates: BundleMap | undefined): void {
+    this.bundleOverride = caCertificates;
+    this.pushBundles();
+  }
+
+  /** Ends every open stream (SVID and bundle) with this status, as a flaky agent would. */
+  dropStreams(code: Code = Code.Unavailable): void {
+    this.failAllStreams(new ConnectError("stream dropped by the test", code));
+  }
+
+  /**
+   * Makes the driver an unauthorized delegate: new calls fail with PermissionDenied at once; open
+   * streams fail at their next update (SPIRE re-checks authorization before each send).
+   */
   deny(denied: boolean): void {
     this.denied = denied;
-    if (denied) this.dropStreams(Code.PermissionDenied);
   }
 
-  /** While held, new subscribers get nothing (entries "not minted yet"); release sends the sets. */
+  /** While held, new subscribers get nothing (entries "not minted yet"); release sends them their sets. */
   holdNewSvids(hold: boolean): void {
     this.holding = hold;
-    if (!hold) this.pushAll();
+    if (hold) return;
+    for (const stream of this.svidStreams) {
+      if (!stream.held) continue;
+      stream.held = false;
+      this.pushTo(stream, true);
+    }
   }
 
-  /** Adds a federated trust domain whose bundle is sent alongside the own one. */
+  /** Adds a federated trust domain whose X.509 and JWT bundles are sent alongside the own ones. */
   async federateWith(trustDomain: string): Promise<TestCa> {
     const ca = await createTestCa({ trustDomain });
     this.federated.set(trustDomain, ca);
     this.pushBundles();
+    this.pushJwtBundles();
     return ca;
   }
 
+  /** Adds a root to the CA (bundle rotation): bundle streams get both roots, new SVIDs chain to the new one. */
   async addRoot(): Promise<void> {
     await this.ca.addRoot();
     this.pushBundles();
   }
 
-  async waitForStreams(count: number, timeoutMs = 10_000): Promise<void> {
-    const deadline = Date.now() + timeoutMs;
-    while (this.svidStreams.size !== count) {
-      if (Date.now() > deadline) throw new Error(`expected ${count} open X.509-SVID streams, have ${this.svidStreams.size}`);
-      await sleep(20);
-    }
+  /** Resolves when exactly `count` X.509-SVID streams are open. */
+  waitForStreams(count: number, timeoutMs = 10_000): Promise<void> {
+    return this.waitFor("streams", () => this.svidStreams.size === count, timeoutMs, () => `expected ${count} open X.509-SVID streams, have ${this.svidStreams.size}`);
   }
 
-  async waitForSubscribeCalls(count: number, timeoutMs = 10_000): Promise<void> {
+  /** Resolves once SubscribeToX509SVIDs was called at least `count` times in total. */
+  waitForSubscribeCalls(count: number, timeoutMs = 10_000): Promise<void> {
+    return this.waitFor("subscribe", () => this.subscribeCalls >= count, timeoutMs, () => `expected ${count} SubscribeToX509SVIDs calls, have ${this.subscribeCalls}`);
+  }
+
+  private async waitForHandlersToEnd(timeoutMs: number): Promise<void> {
     const deadline = Date.now() + timeoutMs;
-    while (this.subscribeCalls < count) {
-      if (Date.now() > deadline) throw new Error(`expected ${count} SubscribeToX509SVIDs calls, have ${this.subscribeCalls}`);
-      await sleep(20);
+    while (this.svidStreams.size + this.bundleStreams.size + this.jwtBundleStreams.size > 0 && Date.now() < deadline) {
+      await new Promise((resolve) => setTimeout(resolve, 5));
     }
+    // The status trailers are written right after the handler ends.
+    await new Promise((resolve) => setImmediate(resolve));
+  }
+
+  private waitFor(event: string, done: () => boolean, timeoutMs: number, describe: () => string): Promise<void> {
+    if (done()) return Promise.resolve();
+    return new Promise((resolve, reject) => {
+      const check = () => {
+        if (!done()) return;
+        clearTimeout(timer);
+        this.off(event, check);
+        resolve();
+      };
+      const timer = setTimeout(() => {
+        this.off(event, check);
+        reject(new Error(describe()));
+      }, timeoutMs);
+      this.on(event, check);
+    });
   }
 
   private routes(router: ConnectRouter): void {
     router.service(DelegatedIdentity, {
       subscribeToX509SVIDs: (request, context) => {
-        this.checkAllowed();
         this.subscribeCalls += 1;
         this.lastSelectors = request.selectors.map(({ type, value }) => ({ type, value }));
-        const stream: SvidStream = { selectors: this.lastSelectors, queue: new StreamQueue(), lastSent: undefined };
-        return this.serve(stream, context);
+        this.emit("subscribe", this.lastSelectors);
+        const stream: SvidStream = { selectors: this.lastSelectors, queue: new StreamQueue(), lastSentKey: undefined, held: this.holding };
+        return this.serveSvids(stream, context);
       },
       subscribeToX509Bundles: (_request, context) => {
-        this.checkAllowed();
-        const queue = new StreamQueue<{ caCertificates: Record<string, Uint8Array> }>();
-        this.bundleStreams.add(queue);
+        const queue = new StreamQueue<{ caCertificates: BundleMap }>();
         queue.push({ caCertificates: this.bundles() });
-        return this.serveBundles(queue, context);
+        return this.serveQueue(this.bundleStreams, queue, context);
       },
       fetchJWTSVIDs: (request) => {
+        // SPIRE checks the audience before authorization.
+        if (request.audience.length === 0) throw new ConnectError("audience must be specified", Code.InvalidArgument);
         this.checkAllowed();
         const selectors = request.selectors.map(({ type, value }) => ({ type, value }));
-        if (request.audience.length === 0) throw new ConnectError("audience must be specified", Code.InvalidArgument);
+        // One token per matching entry, carrying every requested audience (as SPIRE does).
         const svids = this.matching(selectors).map((entry) => {
           this.jwtFetches += 1;
           const token = this.ca.signJwt({ spiffeId: entry.spiffeId, audience: request.audience, ttlSeconds: this.jwtTtlSeconds });
           const payload = JSON.parse(Buffer.from(token.split(".")[1]!, "base64url").toString()) as { exp: number; iat: number };
           return { token, id: spiffeIdMessage(entry.spiffeId), expiresAt: BigInt(payload.exp), issuedAt: BigInt(payload.iat), hint: entry.hint ?? "" };
         });
+        if (svids.length === 0) throw new ConnectError(noIdentityIssuedMessage, Code.PermissionDenied);
         return { svids };
       },
-      subscribeToJWTBundles: async function* (this: FakeAgent) {
-        yield { bundles: { [`spiffe://${this.ca.trustDomain}`]: Buffer.from(this.ca.jwks()) } };
-        await new Promise(() => undefined);
-      }.bind(this),
+      subscribeToJWTBundles: (_request, context) => {
+        const queue = new StreamQueue<{ bundles: BundleMap }>();
+        queue.push({ bundles: this.jwtBundles() });
+        return this.serveQueue(this.jwtBundleStreams, queue, context);
+      },
     });
   }
 
-  private async *serve(stream: SvidStream, context: HandlerContext): AsyncGenerator<SubscribeToX509SVIDsResponse> {
+  private async *serveSvids(stream: SvidStream, context: HandlerContext): AsyncGenerator<SubscribeToX509SVIDsResponse> {
+    this.checkAllowed();
     this.svidStreams.add(stream);
     this.emit("streams", this.svidStreams.size);
     try {
-      if (!this.holding) this.pushTo(stream, true);
+      if (!stream.held) this.pushTo(stream, true);
       yield* stream.queue.drain(context.signal);
     } finally {
       this.svidStreams.delete(stream);
@@ -260,14 +368,13 @@ export class FakeAgent extends EventEmitter {
     }
   }
 
-  private async *serveBundles(
-    queue: StreamQueue<{ caCertificates: Record<string, Uint8Array> }>,
-    context: HandlerContext,
-  ): AsyncGenerator<{ caCertificates: Record<string, Uint8Array> }> {
+  private async *serveQueue<T>(registry: Set<StreamQueue<T>>, queue: StreamQueue<T>, context: HandlerContext): AsyncGenerator<T> {
+    this.checkAllowed();
+    registry.add(queue);
     try {
       yield* queue.drain(context.signal);
     } finally {
-      this.bundleStreams.delete(queue);
+      registry.delete(queue);
     }
   }
 
@@ -275,8 +382,26 @@ export class FakeAgent extends EventEmitter {
     if (this.denied) throw new ConnectError(notAuthorizedMessage, Code.PermissionDenied);
   }
 
+  private entry(id: string): FakeEntry {
+    const entry = this.entries.get(id);
+    if (!entry) throw new Error(`fake agent has no entry ${id}`);
+    return entry;
+  }
+
   private async issue(entry: FakeEntry): Promise<void> {
-    this.svids.set(entry.id, await this.ca.issueX509Svid({ spiffeId: entry.spiffeId, ttlSeconds: this.svidTtlSeconds }));
+    const svid = await this.ca.issueX509Svid({ spiffeId: entry.spiffeId, ttlSeconds: this.svidTtlSeconds });
+    // The entry may have been removed while its SVID was being minted.
+    if (this.entries.get(entry.id) === entry) this.svids.set(entry.id, { svid, issuedAtMs: Date.now() });
+  }
+
+  private async rotateHalfLived(): Promise<void> {
+    const due = [...this.entries.values()].filter((entry) => {
+      const cached = this.svids.get(entry.id);
+      return cached !== undefined && Date.now() - cached.issuedAtMs >= (this.svidTtlSeconds * 1000) / 2;
+    });
+    if (due.length === 0) return;
+    await Promise.all(due.map((entry) => this.issue(entry)));
+    this.pushAll();
   }
 
   private matching(selectors: Selector[]): FakeEntry[] {
@@ -285,40 +410,73 @@ export class FakeAgent extends EventEmitter {
   }
 
   private currentSet(stream: SvidStream): SubscribeToX509SVIDsResponse {
-    const entries = this.matching(stream.selectors).filter((entry) => this.svids.has(entry.id));
+    const minted = this.matching(stream.selectors).flatMap((entry) => {
+      const cached = this.svids.get(entry.id);
+      return cached ? [{ entry, svid: cached.svid }] : [];
+    });
+    const federatesWith = new Set(minted.flatMap(({ entry }) => (entry.federatesWith ?? []).map(trustDomainId)));
     return create(SubscribeToX509SVIDsResponseSchema, {
-      x509Svids: entries.map((entry) => {
-        const svid = this.svids.get(entry.id)!;
-        return {
-          x509Svid: { certChain: svid.certChainDer, id: spiffeIdMessage(entry.spiffeId), expiresAt: BigInt(svid.expiresAt), hint: entry.hint ?? "" },
-          x509SvidKey: svid.keyPkcs8Der,
-        };
-      }),
-      federatesWith: [...new Set(entries.flatMap((entry) => entry.federatesWith ?? []))],
+      x509Svids: minted.map(({ entry, svid }) => ({
+        x509Svid: { certChain: svid.certChainDer, id: spiffeIdMessage(entry.spiffeId), expiresAt: BigInt(svid.expiresAt), hint: entry.hint ?? "" },
+        x509SvidKey: svid.keyPkcs8Der,
+      })),
+      // SPIRE sorts these for a stable response.
+      federatesWith: [...federatesWith].sort(),
     });
   }
 
   private pushTo(stream: SvidStream, force: boolean): void {
+    if (this.denied) {
+      stream.queue.fail(new ConnectError(notAuthorizedMessage, Code.PermissionDenied));
+      return;
+    }
     const message = this.currentSet(stream);
-    const key = message.x509Svids.map((svid) => Buffer.from(svid.x509Svid!.certChain[0]!).toString("base64")).join(",");
-    if (!force && key === stream.lastSent) return;
-    stream.lastSent = key;
+    const key = JSON.stringify([
+      message.x509Svids.map((svid) => [Buffer.from(svid.x509Svid?.certChain[0] ?? []).toString("base64"), svid.x509Svid?.hint]),
+      message.federatesWith,
+    ]);
+    if (!force && key === stream.lastSentKey) return;
+    stream.lastSentKey = key;
     stream.queue.push(message);
   }
 
   private pushAll(force = false): void {
-    if (this.holding) return;
-    for (const stream of this.svidStreams) this.pushTo(stream, force);
+    for (const stream of this.svidStreams) {
+      if (!stream.held) this.pushTo(stream, force);
+    }
   }
 
-  private bundles(): Record<string, Uint8Array> {
-    const bundles: Record<string, Uint8Array> = { [`spiffe://${this.ca.trustDomain}`]: this.ca.bundleDer() };
-    for (const [trustDomain, ca] of this.federated) bundles[`spiffe://${trustDomain}`] = ca.bundleDer();
+  private failAllStreams(error: ConnectError): void {
+    for (const stream of this.svidStreams) stream.queue.fail(error);
+    for (const queue of this.bundleStreams) queue.fail(error);
+    for (const queue of this.jwtBundleStreams) queue.fail(error);
+  }
+
+  private bundles(): BundleMap {
+    if (this.bundleOverride) return { ...this.bundleOverride };
+    const bundles: BundleMap = { [trustDomainId(this.ca.trustDomain)]: this.ca.bundleDer() };
+    for (const [trustDomain, ca] of this.federated) bundles[trustDomainId(trustDomain)] = ca.bundleDer();
+    return bundles;
+  }
+
+  private jwtBundles(): BundleMap {
+    const bundles: BundleMap = { [trustDomainId(this.ca.trustDomain)]: Buffer.from(this.ca.jwks()) };
+    for (const [trustDomain, ca] of this.federated) bundles[trustDomainId(trustDomain)] = Buffer.from(ca.jwks());
     return bundles;
   }
 
   private pushBundles(): void {
-    for (const queue of this.bundleStreams) queue.push({ caCertificates: this.bundles() });
+    for (const queue of this.bundleStreams) {
+      if (this.denied) queue.fail(new ConnectError(notAuthorizedMessage, Code.PermissionDenied));
+      else queue.push({ caCertificates: this.bundles() });
+    }
+  }
+
+  private pushJwtBundles(): void {
+    for (const queue of this.jwtBundleStreams) {
+      if (this.denied) queue.fail(new ConnectError(notAuthorizedMessage, Code.PermissionDenied));
+      else queue.push({ bundles: this.jwtBundles() });
+    }
   }
 }
 
@@ -327,16 +485,15 @@ function spiffeIdMessage(spiffeId: string): { trustDomain: string; path: string 
   return { trustDomain: url.host, path: url.pathname };
 }
 
-export async function startFakeAgent(options: {
-  socketPath: string;
-  trustDomain?: string;
-  svidTtlSeconds?: number;
-  jwtTtlSeconds?: number;
-  withIntermediate?: boolean;
-}): Promise<FakeAgent> {
+/** "td" or "spiffe://td" -> "spiffe://td", the key form SPIRE uses for bundles and federates_with. */
+function trustDomainId(trustDomain: string): string {
+  return trustDomain.startsWith("spiffe://") ? trustDomain : `spiffe://${trustDomain}`;
+}
+
+/** A fresh CA plus a listening fake agent: one call for tests and `npm run demo`. */
+export async function startFakeAgent(options: FakeAgentOptions): Promise<FakeAgent> {
   const ca = await createTestCa({ trustDomain: options.trustDomain ?? "example.org", withIntermediate: options.withIntermediate ?? false });
-  const agent = new FakeAgent(options.socketPath, ca, options.svidTtlSeconds ?? 3600, options.jwtTtlSeconds);
+  const agent = new FakeAgent(options.socketPath, ca, options.svidTtlSeconds ?? 3600, options.jwtTtlSeconds, options.rotateAtHalfLife ?? false);
   await agent.start();
   return agent;
 }
-

@@ -1,8 +1,9 @@
 import { createHash } from "node:crypto";
-import { mkdir, rm, rmdir, writeFile } from "node:fs/promises";
+import { mkdir, rm, rmdir, stat, writeFile } from "node:fs/promises";
 import { connect } from "node:net";
 import { dirname, join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
+import type { MessageInitShape } from "@bufbuild/protobuf";
 import { Code, ConnectError, createClient, type Client } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import {
@@ -10,6 +11,7 @@ import {
   Node,
   NodeServiceCapability_RPC_Type as RpcType,
   VolumeCapability_AccessMode_Mode as AccessMode,
+  type NodePublishVolumeRequestSchema,
 } from "../../src/gen/csi/v1/csi_pb.js";
 
 export interface PodSpec {
@@ -29,14 +31,21 @@ export interface PublishedVolume {
 
 export interface PublishOutcome extends PublishedVolume {
   attempts: number;
+  /** The final error; undefined when the volume was published. */
   error?: ConnectError;
+  /** Why kubelet's cleanup after a final error failed (kubelet only logs it), e.g. files left in the target. */
+  cleanupError?: unknown;
 }
 
 export interface PublishOptions {
-  /** Attempts before giving up (kubelet itself never gives up while the pod exists). */
+  /** Attempts before giving up (kubelet itself never gives up while the pod exists). Default 8. */
   maxAttempts?: number;
+  /** Stop retrying once this much time has passed since the first attempt (no limit by default). */
+  retryBudgetMs?: number;
   /** Cap of the retry delay; kubelet's is about 2 minutes. */
   maxDelayMs?: number;
+  /** Per-call deadline; kubelet's is 2 minutes. */
+  callTimeoutMs?: number;
   /**
    * kubelet's reconciler retries final errors too (as a fresh attempt); tests usually want the
    * final error at once, so only uncertain codes are retried unless this is set.
@@ -44,27 +53,54 @@ export interface PublishOptions {
   retryFinalErrors?: boolean;
 }
 
-/** Codes after which kubelet treats the volume as possibly mounted and will call unpublish. */
-const uncertainCodes = new Set([Code.Canceled, Code.DeadlineExceeded, Code.Unavailable, Code.ResourceExhausted, Code.Aborted]);
+export type NodePublishVolumeRequestInit = MessageInitShape<typeof NodePublishVolumeRequestSchema>;
+
+export const csiDriverName = "csi.spire.io";
+const kubeletCallTimeoutMs = 120_000;
+const firstRetryDelayMs = 500;
+
+/**
+ * Codes after which kubelet treats the volume as possibly mounted ("uncertain"): it keeps the
+ * target dir, retries, and calls NodeUnpublishVolume later. Any other code is final.
+ */
+export const uncertainCodes: ReadonlySet<Code> = new Set([Code.Canceled, Code.DeadlineExceeded, Code.Unavailable, Code.ResourceExhausted, Code.Aborted]);
 
 /** kubelet's volume handle for an inline CSI volume (pkg/volume/csi makeVolumeHandle). */
 export function ephemeralVolumeId(podUid: string, volumeName: string): string {
   return `csi-${createHash("sha256").update(`${podUid}${volumeName}`).digest("hex")}`;
 }
 
+/** kubelet's VolumeAttachment name, stored in vol_data.json (pkg/volume/csi getAttachmentName). */
+export function attachmentName(volumeHandle: string, driverName: string, nodeName: string): string {
+  return `csi-${createHash("sha256").update(`${volumeHandle}${driverName}${nodeName}`).digest("hex")}`;
+}
+
 export function targetPathFor(kubeletRoot: string, podUid: string, volumeName: string): string {
   return join(kubeletRoot, "pods", podUid, "volumes", "kubernetes.io~csi", volumeName, "mount");
 }
 
+/** The volume_context keys kubelet adds with `podInfoOnMount: true`; they override the user's attributes. */
+export function podInfoOnMountAttributes(pod: PodSpec): Record<string, string> {
+  return {
+    "csi.storage.k8s.io/pod.name": pod.name,
+    "csi.storage.k8s.io/pod.namespace": pod.namespace,
+    "csi.storage.k8s.io/pod.uid": pod.uid,
+    "csi.storage.k8s.io/serviceAccount.name": pod.serviceAccount,
+    "csi.storage.k8s.io/ephemeral": "true",
+  };
+}
+
 /**
  * Makes exactly the CSI calls kubelet makes for an inline `csi.spire.io` volume: the same volume
- * handle, target layout, volume_context keys, capability and readonly flag; it creates only the
- * target's parent, retries with kubelet's backoff, and removes the target with a plain rmdir.
+ * handle, target layout, vol_data.json, volume_context keys, capability and readonly flag; it
+ * creates only the target's parent, retries uncertain errors with kubelet's backoff, cleans up
+ * after final errors, and removes the target with a plain rmdir after unpublish.
  */
 export class KubeletSimulator {
   readonly identity: Client<typeof Identity>;
   readonly node: Client<typeof Node>;
-  private mountGroupSupported = false;
+  /** Whether the driver advertised VOLUME_MOUNT_GROUP (then fsGroup goes in volume_mount_group). */
+  mountGroupSupported = false;
   private readonly published = new Map<string, PublishedVolume>();
 
   constructor(private readonly options: { pluginSocket: string; kubeletRoot: string; nodeName: string; driverName?: string }) {
@@ -76,92 +112,148 @@ export class KubeletSimulator {
     this.node = createClient(Node, transport);
   }
 
+  /** Volumes published and not yet unpublished. */
+  get publishedVolumes(): PublishedVolume[] {
+    return [...this.published.values()];
+  }
+
   /** node-driver-registrar's and kubelet's calls when the plugin registers. */
-  async register(): Promise<{ name: string; nodeId: string }> {
+  async register(): Promise<{ name: string; vendorVersion: string; nodeId: string; mountGroupSupported: boolean }> {
     const info = await this.identity.getPluginInfo({});
     const nodeInfo = await this.node.nodeGetInfo({});
-    const capabilities = await this.node.nodeGetCapabilities({});
-    this.mountGroupSupported = capabilities.capabilities.some(
-      (capability) => capability.type.case === "rpc" && capability.type.value.type === RpcType.VOLUME_MOUNT_GROUP,
-    );
-    return { name: info.name, nodeId: nodeInfo.nodeId };
+    await this.refreshCapabilities();
+    return { name: info.name, vendorVersion: info.vendorVersion, nodeId: nodeInfo.nodeId, mountGroupSupported: this.mountGroupSupported };
+  }
+
+  /** The NodePublishVolume request kubelet would send (for tests that send variations of it). */
+  publishRequest(pod: PodSpec, volumeName: string, attributes: Record<string, string> = {}): NodePublishVolumeRequestInit {
+    const mountGroup = this.mountGroupSupported && pod.fsGroup !== undefined ? String(pod.fsGroup) : "";
+    return {
+      volumeId: ephemeralVolumeId(pod.uid, volumeName),
+      targetPath: this.targetPath(pod.uid, volumeName),
+      readonly: true,
+      volumeCapability: {
+        accessType: mountAccess(mountGroup),
+        accessMode: { mode: AccessMode.SINGLE_NODE_WRITER },
+      },
+      volumeContext: { ...attributes, ...podInfoOnMountAttributes(pod) },
+    };
+  }
+
+  targetPath(podUid: string, volumeName: string): string {
+    return targetPathFor(this.options.kubeletRoot, podUid, volumeName);
   }
 
   /** Publishes like kubelet and throws the final ConnectError if it fails. */
-  async publish(pod: PodSpec, volumeName: string, attributes: Record<string, string> = {}, options: PublishOptions = {}): Promise<PublishedVolume> {
+  async publish(pod: PodSpec, volumeName: string, attributes: Record<string, string> = {}, options: PublishOptions = {}): Promise<PublishedVolume & { attempts: number }> {
     const outcome = await this.tryPublish(pod, volumeName, attributes, options);
     if (outcome.error) throw outcome.error;
     return outcome;
   }
 
+  /** Publishes like kubelet and returns the outcome, the final error included. */
   async tryPublish(pod: PodSpec, volumeName: string, attributes: Record<string, string> = {}, options: PublishOptions = {}): Promise<PublishOutcome> {
-    const volumeId = ephemeralVolumeId(pod.uid, volumeName);
-    const targetPath = targetPathFor(this.options.kubeletRoot, pod.uid, volumeName);
-    const volumeDir = dirname(targetPath);
-    await mkdir(volumeDir, { recursive: true, mode: 0o750 });
-    await writeFile(
-      join(volumeDir, "vol_data.json"),
-      JSON.stringify({
-        specVolID: volumeName,
-        volumeHandle: volumeId,
-        driverName: this.options.driverName ?? "csi.spire.io",
-        nodeName: this.options.nodeName,
-        volumeLifecycleMode: "Ephemeral",
-      }),
-    );
-    const request = {
-      volumeId,
-      targetPath,
-      readonly: true,
-      volumeCapability: {
-        accessType: {
-          case: "mount" as const,
-          value: { fsType: "", mountFlags: [], volumeMountGroup: this.mountGroupSupported && pod.fsGroup !== undefined ? String(pod.fsGroup) : "" },
-        },
-        accessMode: { mode: AccessMode.SINGLE_NODE_WRITER },
-      },
-      volumeContext: {
-        ...attributes,
-        "csi.storage.k8s.io/pod.name": pod.name,
-        "csi.storage.k8s.io/pod.namespace": pod.namespace,
-        "csi.storage.k8s.io/pod.uid": pod.uid,
-        "csi.storage.k8s.io/serviceAccount.name": pod.serviceAccount,
-        "csi.storage.k8s.io/ephemeral": "true",
-      },
-    };
+    const request = this.publishRequest(pod, volumeName, attributes);
+    const volumeId = request.volumeId!;
+    const targetPath = request.targetPath!;
+    const volume: PublishedVolume = { volumeId, targetPath, volumeName, pod };
     const maxAttempts = options.maxAttempts ?? 8;
-    let delayMs = 500;
+    const started = Date.now();
+    let delayMs = firstRetryDelayMs;
     for (let attempt = 1; ; attempt++) {
       try {
-        await this.node.nodePublishVolume(request, { timeoutMs: 120_000 });
-        const volume = { volumeId, targetPath, volumeName, pod };
+        // kubelet's SetUpAt order: volume dir, VOLUME_MOUNT_GROUP check, vol_data.json, publish.
+        await mkdir(dirname(targetPath), { recursive: true, mode: 0o750 });
+        await this.refreshCapabilities();
+        request.volumeCapability!.accessType = mountAccess(this.mountGroupSupported && pod.fsGroup !== undefined ? String(pod.fsGroup) : "");
+        await this.writeVolumeData(volumeId, volumeName, targetPath);
+        await this.node.nodePublishVolume(request, { timeoutMs: options.callTimeoutMs ?? kubeletCallTimeoutMs });
         this.published.set(volumeId, volume);
         return { ...volume, attempts: attempt };
       } catch (error) {
-        const connectError = ConnectError.from(error);
-        if (!uncertainCodes.has(connectError.code)) {
-          // A final error: kubelet removes the mount dir and does not unpublish.
-          await rmdir(targetPath).catch(() => undefined);
+        // Filesystem errors are the harness's own problem, not an RPC outcome.
+        if (!(error instanceof ConnectError)) throw error;
+        const connectError = error;
+        const uncertain = uncertainCodes.has(connectError.code);
+        // A final error: kubelet removes the mount dir, vol_data.json and the volume dir, and
+        // will not call NodeUnpublishVolume for this attempt. Uncertain: everything stays.
+        let cleanupError: unknown;
+        if (!uncertain) await removeMountDir(targetPath).catch((error: unknown) => (cleanupError = error));
+        const budgetLeft = options.retryBudgetMs === undefined || Date.now() - started + delayMs <= options.retryBudgetMs;
+        const retryable = uncertain || options.retryFinalErrors === true;
+        if (!retryable || attempt >= maxAttempts || !budgetLeft) {
+          // An uncertain outcome may have mounted: remember it so unpublishAll() tears it down, as kubelet would.
+          if (uncertain) this.published.set(volumeId, volume);
+          return { ...volume, attempts: attempt, error: connectError, ...(cleanupError === undefined ? {} : { cleanupError }) };
         }
-        const retryable = uncertainCodes.has(connectError.code) || options.retryFinalErrors === true;
-        if (!retryable || attempt >= maxAttempts) return { volumeId, targetPath, volumeName, pod, attempts: attempt, error: connectError };
         await sleep(delayMs);
-        delayMs = Math.min(delayMs * 2, options.maxDelayMs ?? 120_000);
+        delayMs = Math.min(delayMs * 2, options.maxDelayMs ?? kubeletCallTimeoutMs);
       }
     }
   }
 
-  /** kubelet's teardown: NodeUnpublishVolume, then a plain rmdir of the (now empty) target. */
-  async unpublish(volume: PublishedVolume): Promise<void> {
-    await this.node.nodeUnpublishVolume({ volumeId: volume.volumeId, targetPath: volume.targetPath }, { timeoutMs: 120_000 });
-    await rmdir(volume.targetPath).catch((error: NodeJS.ErrnoException) => {
-      if (error.code !== "ENOENT") throw error;
-    });
-    await rm(dirname(volume.targetPath), { recursive: true, force: true });
+  /** kubelet's teardown: NodeUnpublishVolume, then a plain rmdir of the target (fails if the driver left files). */
+  async unpublish(volume: Pick<PublishedVolume, "volumeId" | "targetPath">): Promise<void> {
+    await this.node.nodeUnpublishVolume({ volumeId: volume.volumeId, targetPath: volume.targetPath }, { timeoutMs: kubeletCallTimeoutMs });
+    await removeMountDir(volume.targetPath);
+    // Only now is teardown done; until then kubelet would retry it.
     this.published.delete(volume.volumeId);
   }
 
+  /** Unpublishes every volume still published (cleanup); throws the first error after trying all. */
   async unpublishAll(): Promise<void> {
-    for (const volume of [...this.published.values()]) await this.unpublish(volume);
+    const errors: unknown[] = [];
+    for (const volume of [...this.published.values()]) await this.unpublish(volume).catch((error: unknown) => errors.push(error));
+    if (errors.length > 0) throw errors[0];
   }
+
+  private async refreshCapabilities(): Promise<void> {
+    const capabilities = await this.node.nodeGetCapabilities({});
+    this.mountGroupSupported = capabilities.capabilities.some(
+      (capability) => capability.type.case === "rpc" && capability.type.value.type === RpcType.VOLUME_MOUNT_GROUP,
+    );
+  }
+
+  /** kubelet's csi mounter persists this next to `mount` so it can tear the volume down after a restart. */
+  private async writeVolumeData(volumeHandle: string, volumeName: string, targetPath: string): Promise<void> {
+    const volumeDir = dirname(targetPath);
+    const driverName = this.options.driverName ?? csiDriverName;
+    const volumeData = {
+      specVolID: volumeName,
+      volumeHandle,
+      driverName,
+      nodeName: this.options.nodeName,
+      attachmentID: attachmentName(volumeHandle, driverName, this.options.nodeName),
+      volumeLifecycleMode: "Ephemeral",
+    };
+    await writeFile(join(volumeDir, "vol_data.json"), JSON.stringify(volumeData));
+  }
+}
+
+/** An inline volume's Mount capability: no fsType, no mount flags (kubelet has none for inline volumes). */
+function mountAccess(volumeMountGroup: string) {
+  return { case: "mount" as const, value: { fsType: "", mountFlags: [], volumeMountGroup } };
+}
+
+/**
+ * kubelet's removeMountDir: if the target is not a mount point, a plain rmdir of it (which fails
+ * on leftover files), then vol_data.json and the volume dir. kubelet silently leaves a still
+ * mounted target (the pod then never finishes terminating); the simulator reports it instead, so
+ * a driver that forgets to unmount fails the test.
+ */
+async function removeMountDir(targetPath: string): Promise<void> {
+  const target = await stat(targetPath).catch((error: NodeJS.ErrnoException) => {
+    if (error.code === "ENOENT") return undefined;
+    throw error;
+  });
+  if (target) {
+    const parent = await stat(dirname(targetPath));
+    if (target.dev !== parent.dev) throw new Error(`${targetPath} is still a mount point; kubelet cannot remove it`);
+    await rmdir(targetPath);
+  }
+  const volumeDir = dirname(targetPath);
+  await rm(join(volumeDir, "vol_data.json"), { force: true });
+  await rmdir(volumeDir).catch((error: NodeJS.ErrnoException) => {
+    if (error.code !== "ENOENT") throw error;
+  });
 }

@@ -20,11 +20,19 @@ export interface IssuedX509Svid {
 
 export interface TestCa {
   readonly trustDomain: string;
+  /** The newest root (the one issuing new SVIDs) as DER. */
+  readonly rootDer: Uint8Array;
+  /** The newest root as PEM. */
+  readonly rootPem: string;
   /** The current roots as DER, concatenated like the agent's bundle encoding. */
   bundleDer(): Uint8Array;
   rootsPem(): string;
   /** Adds a second root (bundle rotation); new SVIDs are issued by the newest root. */
   addRoot(): Promise<void>;
+  /**
+   * Issues a leaf with a fresh key. `notBefore` defaults to 10 s ago (clock-skew slack, as SPIRE
+   * backdates); the leaf expires `ttlSeconds` after `notBefore` when given, else after now.
+   */
   issueX509Svid(options: { spiffeId: string; ttlSeconds?: number; notBefore?: Date }): Promise<IssuedX509Svid>;
   signJwt(options: { spiffeId: string; audience: string[]; ttlSeconds?: number }): string;
   jwks(): string;
@@ -97,17 +105,28 @@ export async function createTestCa(options: { trustDomain: string; withIntermedi
   const jwtPrivate = createPrivateKey({ key: Buffer.from(await webcrypto.subtle.exportKey("pkcs8", jwtKeys.privateKey)), format: "der", type: "pkcs8" });
   const jwtPublicJwk = await webcrypto.subtle.exportKey("jwk", jwtKeys.publicKey);
 
+  const newestRoot = () => roots[roots.length - 1]!;
+
   return {
     trustDomain,
+    get rootDer() {
+      return new Uint8Array(newestRoot().cert.rawData);
+    },
+    get rootPem() {
+      return newestRoot().cert.toString("pem") + "\n";
+    },
     bundleDer: () => Buffer.concat(roots.map((root) => Buffer.from(root.cert.rawData))),
     rootsPem: () => roots.map((root) => root.cert.toString("pem")).join("\n") + "\n",
     async addRoot() {
       roots.push(await makeRoot());
       await useNewestRoot();
     },
-    async issueX509Svid({ spiffeId, ttlSeconds = 3600, notBefore = new Date(Date.now() - 10_000) }) {
+    async issueX509Svid({ spiffeId, ttlSeconds = 3600, notBefore: requestedNotBefore }) {
       const keys = (await webcrypto.subtle.generateKey(ecdsa, true, ["sign", "verify"])) as CryptoKeyPair;
-      const notAfter = new Date(notBefore.getTime() + 10_000 + ttlSeconds * 1000);
+      const notBefore = requestedNotBefore ?? new Date(Date.now() - 10_000);
+      // Whole seconds: expires_at on the wire is unix seconds and must equal the cert's notAfter.
+      const notAfterMs = (requestedNotBefore?.getTime() ?? Date.now()) + ttlSeconds * 1000;
+      const notAfter = new Date(Math.floor(notAfterMs / 1000) * 1000);
       const serialHex = randomBytes(16).toString("hex").replace(/^[89a-f]/, "1");
       const leaf = await x509.X509CertificateGenerator.create({
         serialNumber: serialHex,
@@ -120,6 +139,7 @@ export async function createTestCa(options: { trustDomain: string; withIntermedi
         signingAlgorithm: ecdsa,
         extensions: [
           new x509.BasicConstraintsExtension(false, undefined, true),
+          // SPIRE's X.509-SVID template sets keyAgreement too; keep the leaf shaped like theirs.
           new x509.KeyUsagesExtension(
             x509.KeyUsageFlags.digitalSignature | x509.KeyUsageFlags.keyEncipherment | x509.KeyUsageFlags.keyAgreement,
             true,

@@ -1,0 +1,123 @@
+import assert from "node:assert/strict";
+import { execFile } from "node:child_process";
+import { readdir, readFile, rm, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { after, before, describe, test } from "node:test";
+import { promisify } from "node:util";
+import { readVolumeIdentity } from "../support/identity-files.js";
+import { sample } from "../support/prometheus.js";
+import { startDriverFixture, type DriverFixture } from "../integration/driver-fixture.js";
+
+const run = promisify(execFile);
+const podNumber = (i: number) => ({
+  uid: `57075700-0000-4000-8000-${String(i).padStart(12, "0")}`,
+  name: `storm-${i}`,
+  namespace: "storm",
+  serviceAccount: "storm",
+});
+
+async function mountsUnder(root: string): Promise<string[]> {
+  return (await readFile("/proc/self/mountinfo", "utf8"))
+    .split("\n")
+    .map((line) => line.split(" ")[4] ?? "")
+    .filter((path) => path.startsWith(root));
+}
+
+describe("storage faults and kubelet retry storms (tmpfs backing)", { timeout: 5 * 60_000 }, () => {
+  let fx: DriverFixture;
+  let metricsUrl: string;
+  before(async () => {
+    fx = await startDriverFixture({ driver: { volumeBacking: "tmpfs", extraArgs: ["--tmpfs-size", "256k"] } });
+    await fx.agent.addEntry({ id: "storm", spiffeId: "spiffe://example.org/ns/storm/sa/storm", selectors: [{ type: "k8s", value: "ns:storm" }] });
+    metricsUrl = `http://${String((await fx.driver.waitForLog((line) => line.msg === "metrics and health endpoints listening")).address)}/metrics`;
+  });
+  after(() => fx.close());
+
+  test("tmpfs full (ENOSPC): the error is logged and counted, the old files stay, the next update succeeds once space is back", async () => {
+    const volume = await fx.kubelet.publish(podNumber(1), "full");
+    const before = await readVolumeIdentity(volume.targetPath);
+    const filler = join(volume.targetPath, "..filler");
+    await run("dd", ["if=/dev/zero", `of=${filler}`, "bs=4k", "count=1000"]).catch(() => undefined);
+    const mark = fx.driver.logs.length;
+    await fx.agent.rotate();
+    const failure = await fx.driver.waitForLog((line) => line.msg === "writing the volume snapshot failed; the previous files stay in place", 5000, mark);
+    assert.equal(failure.reason, "ENOSPC");
+    assert.equal((await readVolumeIdentity(volume.targetPath)).serialNumber, before.serialNumber, "old files intact");
+    assert.ok((await readdir(volume.targetPath)).filter((name) => name.startsWith("..snap-")).length <= 2, "the half-written snapshot was removed");
+    const metrics = await (await fetch(metricsUrl)).text();
+    assert.ok((sample(metrics, "spire_csi_snapshot_writes_total", { result: "error" }) ?? 0) >= 1);
+    assert.equal(sample(metrics, "spire_csi_volumes", { phase: "degraded" }), 1);
+    await rm(filler);
+    const healed = fx.driver.logs.length;
+    await fx.agent.rotate();
+    await fx.driver.waitForLog((line) => line.msg === "identity files rotated" && line.volumeId === volume.volumeId, 5000, healed);
+    assert.notEqual((await readVolumeIdentity(volume.targetPath)).serialNumber, before.serialNumber);
+    await fx.kubelet.unpublish(volume);
+  });
+
+  test("read-only target (EROFS): old files stay readable, writes resume after remount", async () => {
+    const volume = await fx.kubelet.publish(podNumber(2), "ro");
+    const before = await readVolumeIdentity(volume.targetPath);
+    await run("mount", ["-o", "remount,ro", volume.targetPath]);
+    try {
+      const mark = fx.driver.logs.length;
+      await fx.agent.rotate();
+      const failure = await fx.driver.waitForLog((line) => line.msg === "writing the volume snapshot failed; the previous files stay in place" && line.volumeId === volume.volumeId, 5000, mark);
+      assert.equal(failure.reason, "EROFS");
+      assert.equal((await readVolumeIdentity(volume.targetPath)).serialNumber, before.serialNumber);
+    } finally {
+      await run("mount", ["-o", "remount,rw", volume.targetPath]);
+    }
+    const mark = fx.driver.logs.length;
+    await fx.agent.rotate();
+    await fx.driver.waitForLog((line) => line.msg === "identity files rotated" && line.volumeId === volume.volumeId, 5000, mark);
+    await fx.kubelet.unpublish(volume);
+  });
+
+  test("the same publish 20 times at once: all OK, one stream", async () => {
+    const calls = fx.agent.subscribeCalls;
+    const results = await Promise.all(Array.from({ length: 20 }, () => fx.kubelet.publish(podNumber(3), "same")));
+    assert.equal(new Set(results.map((r) => r.volumeId)).size, 1);
+    assert.equal(fx.agent.subscribeCalls, calls + 1);
+    await fx.agent.waitForStreams(1);
+    await fx.kubelet.unpublish(results[0]!);
+    await fx.agent.waitForStreams(0);
+  });
+
+  test("publish racing unpublish of the same volume ends consistent every time", async () => {
+    for (let round = 0; round < 15; round++) {
+      const pod = podNumber(100 + round);
+      const publishing = fx.kubelet.tryPublish(pod, "race", {}, { maxAttempts: 1 });
+      const volumeId = (await import("../support/kubelet-sim.js")).ephemeralVolumeId(pod.uid, "race");
+      const targetPath = (await import("../support/kubelet-sim.js")).targetPathFor(fx.kubeletRoot, pod.uid, "race");
+      await fx.kubelet.node.nodeUnpublishVolume({ volumeId, targetPath });
+      const outcome = await publishing;
+      const record = await readFile(join(fx.metadataDir, `${volumeId}.json`), "utf8").catch(() => undefined);
+      if (outcome.error === undefined && record) {
+        await readVolumeIdentity(targetPath);
+        await fx.kubelet.unpublish(outcome);
+      } else {
+        assert.equal(record, undefined, `round ${round}: no record for a volume that is not published`);
+        assert.deepEqual((await readdir(targetPath).catch(() => [])).length, 0, `round ${round}: no files left`);
+      }
+    }
+    await fx.agent.waitForStreams(0);
+    assert.deepEqual((await readdir(fx.metadataDir)).filter((name) => name.endsWith(".json")), []);
+  });
+
+  test("250 volumes published and unpublished concurrently: streams == volumes, then nothing left", async () => {
+    const pods = Array.from({ length: 250 }, (_, i) => podNumber(1000 + i));
+    const volumes = await Promise.all(pods.map((pod) => fx.kubelet.publish(pod, "dense")));
+    await fx.agent.waitForStreams(250);
+    assert.equal((await readdir(fx.metadataDir)).filter((name) => name.endsWith(".json")).length, 250);
+    assert.equal((await mountsUnder(fx.kubeletRoot)).length, 250);
+    const spot = await Promise.all(volumes.filter((_, i) => i % 25 === 0).map((volume) => readVolumeIdentity(volume.targetPath)));
+    assert.ok(spot.every((identity) => identity.spiffeId === "spiffe://example.org/ns/storm/sa/storm"));
+    await Promise.all(volumes.map((volume) => fx.kubelet.unpublish(volume)));
+    await fx.agent.waitForStreams(0);
+    assert.deepEqual((await readdir(fx.metadataDir)).filter((name) => name.endsWith(".json")), [], "no orphan records");
+    assert.deepEqual(await mountsUnder(fx.kubeletRoot), [], "no leaked mounts");
+    const metrics = await (await fetch(metricsUrl)).text();
+    assert.equal(sample(metrics, "spire_csi_volumes", { phase: "live" }), 0);
+  });
+});
