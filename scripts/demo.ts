@@ -27,7 +27,7 @@ async function main(): Promise<void> {
   const asRoot = process.getuid?.() === 0;
   say(`working dir ${dir} (volume backing: ${asRoot ? "tmpfs" : "directory, since not running as root"})`);
 
-  const agent = await startFakeAgent({ socketPath: join(dir, "agent", "admin.sock"), svidTtlSeconds });
+  const agent = await startFakeAgent({ socketPath: join(dir, "agent", "admin.sock"), svidTtlSeconds, rotateAtHalfLife: true });
   await agent.addEntry({ id: "web", spiffeId, selectors: [{ type: "k8s", value: "ns:demo" }, { type: "k8s", value: "sa:web" }] });
   say(`dev agent up on ${agent.socketPath}; entry ${spiffeId} <- k8s:ns:demo k8s:sa:web`);
 
@@ -58,9 +58,7 @@ async function main(): Promise<void> {
     say(`SPIFFE ID ${first.spiffeId}, serial ${first.serialNumber}, valid to ${first.validTo}; key matches cert, chain verifies against ca.crt`);
 
     say(`the dev agent rotates at half the ${svidTtlSeconds}s TTL, as SPIRE does; waiting for the new SVID...`);
-    await sleep((svidTtlSeconds / 2) * 1000);
-    await agent.rotate();
-    const deadline = Date.now() + 10_000;
+    const deadline = Date.now() + svidTtlSeconds * 1000;
     let rotated = first;
     while (rotated.serialNumber === first.serialNumber && Date.now() < deadline) {
       await sleep(50);
