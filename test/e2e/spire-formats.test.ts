@@ -5,14 +5,14 @@
  */
 import assert from "node:assert/strict";
 import { createPublicKey, createVerify } from "node:crypto";
-import { mkdir, mkdtemp, readFile, rm } from "node:fs/promises";
+import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
-import { DriverProcess } from "../support/driver-process.js";
+import { startDriverNode, type DriverNode } from "../support/driver-node.js";
 import { checkEnvoySds } from "../support/envoy-sds-checker.js";
 import { checkIdentity, pemBlocks } from "../support/identity-files.js";
-import { KubeletSimulator, type PublishedVolume } from "../support/kubelet-sim.js";
+import type { KubeletSimulator, PublishedVolume } from "../support/kubelet-sim.js";
 import { SpireFixture } from "../support/spire-fixture.js";
 
 const pod = { uid: "ee11ff22-0000-4000-8000-000000000001", name: "edge-0", namespace: "mesh", serviceAccount: "edge" };
@@ -21,8 +21,7 @@ const edgeId = "spiffe://example.org/ns/mesh/sa/edge";
 describe("real SPIRE: formats, federation, JWT refresh, Envoy SDS", { timeout: 10 * 60_000 }, () => {
   let spire: SpireFixture;
   let partner: SpireFixture;
-  let dir: string;
-  let driver: DriverProcess;
+  let node: DriverNode;
   let kubelet: KubeletSimulator;
   let fs: PublishedVolume;
   let jwt: PublishedVolume;
@@ -39,19 +38,8 @@ describe("real SPIRE: formats, federation, JWT refresh, Envoy SDS", { timeout: 1
       jwtSvidTtl: 20,
       federatesWith: ["spiffe://partner.test"],
     });
-    dir = await mkdtemp("/tmp/scsi-fmt-");
-    await mkdir(join(dir, "kubelet"));
-    driver = await DriverProcess.start({
-      pluginSocket: join(dir, "csi.sock"),
-      agentSocket: spire.adminSocket,
-      kubeletRoot: join(dir, "kubelet"),
-      metadataDir: join(dir, "meta"),
-      volumeBacking: "tmpfs",
-      publishTimeout: "8s",
-      logFile: join(dir, "driver.log"),
-    });
-    kubelet = new KubeletSimulator({ pluginSocket: join(dir, "csi.sock"), kubeletRoot: join(dir, "kubelet"), nodeName: "test-node" });
-    await kubelet.register();
+    node = await startDriverNode(spire.adminSocket, { volumeBacking: "tmpfs", publishTimeout: "8s" });
+    kubelet = node.kubelet;
     const retry = { maxAttempts: 20, maxDelayMs: 1000, retryFinalErrors: true };
     fs = await kubelet.publish(pod, "fs", { "csi.spire.io/layout": "spiffe-fs" }, retry);
     jwt = await kubelet.publish(pod, "jwt", { "csi.spire.io/jwt-audiences": "e2e" }, retry);
@@ -59,10 +47,11 @@ describe("real SPIRE: formats, federation, JWT refresh, Envoy SDS", { timeout: 1
   });
 
   after(async () => {
-    await kubelet?.unpublishAll().catch(() => undefined);
-    await driver?.dispose();
-    await Promise.all([spire?.stop(), partner?.stop()]);
-    if (dir) await rm(dir, { recursive: true, force: true });
+    try {
+      await node?.close();
+    } finally {
+      await Promise.all([spire?.stop(), partner?.stop()]);
+    }
   });
 
   test("SPIFFE Filesystem Delivery: credential bundle, own and federated trust bundles in separate files", async () => {

@@ -3,14 +3,15 @@
  * Needs the peers from scripts/build-peers.sh (built on first use into ~/.cache).
  */
 import assert from "node:assert/strict";
-import { mkdir, mkdtemp, readdir, readFile, rm } from "node:fs/promises";
+import { readdir, readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { Code } from "@connectrpc/connect";
-import { DriverProcess } from "../support/driver-process.js";
+import { startDriverNode, type DriverNode } from "../support/driver-node.js";
+import type { DriverProcess } from "../support/driver-process.js";
 import { readVolumeIdentity, type CheckedIdentity } from "../support/identity-files.js";
-import { KubeletSimulator, type PublishedVolume } from "../support/kubelet-sim.js";
+import type { KubeletSimulator, PublishedVolume } from "../support/kubelet-sim.js";
 import { SpireFixture } from "../support/spire-fixture.js";
 import { mtlsHandshake } from "./mtls.js";
 
@@ -34,6 +35,7 @@ async function waitForNewSerial(dir: string, previous: string, timeoutMs: number
 
 describe("real SPIRE agent", { timeout: 10 * 60_000 }, () => {
   let spire: SpireFixture;
+  let node: DriverNode;
   let dir: string;
   let driver: DriverProcess;
   let kubelet: KubeletSimulator;
@@ -41,26 +43,16 @@ describe("real SPIRE agent", { timeout: 10 * 60_000 }, () => {
 
   before(async () => {
     spire = await SpireFixture.start();
-    dir = await mkdtemp("/tmp/scsi-e2e-");
-    await mkdir(join(dir, "kubelet"));
-    driver = await DriverProcess.start({
-      pluginSocket: join(dir, "csi.sock"),
-      agentSocket: spire.adminSocket,
-      kubeletRoot: join(dir, "kubelet"),
-      metadataDir: join(dir, "meta"),
-      volumeBacking: "tmpfs",
-      publishTimeout: "8s",
-      logFile: join(dir, "driver.log"),
-    });
-    kubelet = new KubeletSimulator({ pluginSocket: join(dir, "csi.sock"), kubeletRoot: join(dir, "kubelet"), nodeName: "test-node" });
-    await kubelet.register();
+    node = await startDriverNode(spire.adminSocket, { volumeBacking: "tmpfs", publishTimeout: "8s" });
+    ({ dir, driver, kubelet } = node);
   });
 
   after(async () => {
-    await kubelet?.unpublishAll().catch(() => undefined);
-    await driver?.dispose();
-    await spire?.stop();
-    if (dir) await rm(dir, { recursive: true, force: true });
+    try {
+      await node?.close();
+    } finally {
+      await spire?.stop();
+    }
   });
 
   test("driver not registered as a delegate: a clear PermissionDenied-based message", async () => {

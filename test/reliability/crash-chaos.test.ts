@@ -5,6 +5,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { isMountPoint } from "../../src/files/target-mount.js";
 import { readVolumeIdentity } from "../support/identity-files.js";
 import { type PublishedVolume } from "../support/kubelet-sim.js";
+import { mountsUnder } from "../support/driver-node.js";
 import { startDriverFixture, type DriverFixture } from "../integration/driver-fixture.js";
 
 const iterations = Number(process.env.CHAOS_ITERATIONS ?? (process.env.SOAK ? 500 : 60));
@@ -19,9 +20,6 @@ function prng(seed: number): () => number {
   };
 }
 
-async function mountsUnder(root: string): Promise<string[]> {
-  return (await readFile("/proc/self/mountinfo", "utf8")).split("\n").map((line) => line.split(" ")[4] ?? "").filter((path) => path.startsWith(root));
-}
 
 describe("driver SIGKILLed at random points of publish, rotation and unpublish", { timeout: 30 * 60_000 }, () => {
   let fx: DriverFixture;

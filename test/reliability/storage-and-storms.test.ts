@@ -6,6 +6,7 @@ import { after, before, describe, test } from "node:test";
 import { promisify } from "node:util";
 import { readVolumeIdentity } from "../support/identity-files.js";
 import { sample } from "../support/prometheus.js";
+import { mountsUnder } from "../support/driver-node.js";
 import { startDriverFixture, type DriverFixture } from "../integration/driver-fixture.js";
 
 const run = promisify(execFile);
@@ -16,12 +17,6 @@ const podNumber = (i: number) => ({
   serviceAccount: "storm",
 });
 
-async function mountsUnder(root: string): Promise<string[]> {
-  return (await readFile("/proc/self/mountinfo", "utf8"))
-    .split("\n")
-    .map((line) => line.split(" ")[4] ?? "")
-    .filter((path) => path.startsWith(root));
-}
 
 describe("storage faults and kubelet retry storms (tmpfs backing)", { timeout: 5 * 60_000 }, () => {
   let fx: DriverFixture;

@@ -1,6 +1,6 @@
 import { createHash } from "node:crypto";
 import { mkdir, rm, rmdir, stat, writeFile } from "node:fs/promises";
-import { connect } from "node:net";
+import { connect, type Socket } from "node:net";
 import { dirname, join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import type { MessageInitShape } from "@bufbuild/protobuf";
@@ -102,11 +102,20 @@ export class KubeletSimulator {
   /** Whether the driver advertised VOLUME_MOUNT_GROUP (then fsGroup goes in volume_mount_group). */
   mountGroupSupported = false;
   private readonly published = new Map<string, PublishedVolume>();
+  /** The HTTP/2 connections to the plugin, so `close()` can end them (they would keep the process alive). */
+  private readonly sockets = new Set<Socket>();
 
   constructor(private readonly options: { pluginSocket: string; kubeletRoot: string; nodeName: string; driverName?: string }) {
     const transport = createGrpcTransport({
       baseUrl: "http://localhost",
-      nodeOptions: { createConnection: () => connect(options.pluginSocket) },
+      nodeOptions: {
+        createConnection: () => {
+          const socket = connect(options.pluginSocket);
+          this.sockets.add(socket);
+          socket.once("close", () => this.sockets.delete(socket));
+          return socket;
+        },
+      },
     });
     this.identity = createClient(Identity, transport);
     this.node = createClient(Node, transport);
@@ -205,6 +214,11 @@ export class KubeletSimulator {
     const errors: unknown[] = [];
     for (const volume of [...this.published.values()]) await this.unpublish(volume).catch((error: unknown) => errors.push(error));
     if (errors.length > 0) throw errors[0];
+  }
+
+  /** Drops the connections to the plugin (an in-process plugin's server cannot close while they are open). */
+  close(): void {
+    for (const socket of this.sockets) socket.destroy();
   }
 
   private async refreshCapabilities(): Promise<void> {
