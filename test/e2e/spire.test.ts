@@ -12,6 +12,7 @@ import { startDriverNode, type DriverNode } from "../support/driver-node.js";
 import type { DriverProcess } from "../support/driver-process.js";
 import { readVolumeIdentity, type CheckedIdentity } from "../support/identity-files.js";
 import type { KubeletSimulator, PublishedVolume } from "../support/kubelet-sim.js";
+import { sample } from "../support/prometheus.js";
 import { SpireFixture } from "../support/spire-fixture.js";
 import { mtlsHandshake } from "./mtls.js";
 
@@ -74,6 +75,20 @@ describe("real SPIRE agent", { timeout: 10 * 60_000 }, () => {
     const [webIdentity, dbIdentity] = await Promise.all(volumes.map((volume) => readVolumeIdentity(volume.targetPath)));
     assert.equal(webIdentity!.spiffeId, webId);
     assert.equal(dbIdentity!.spiffeId, dbId);
+  });
+
+  test("a /metrics scrape shows the driver's series with sane values", async () => {
+    const line = driver.logs.find((entry) => entry.msg === "metrics and health endpoints listening");
+    const text = await (await fetch(`http://${String(line?.address)}/metrics`)).text();
+    assert.equal(sample(text, "spire_csi_volumes", { phase: "live" }), 2);
+    assert.equal(sample(text, "spire_csi_agent_connected"), 1);
+    assert.ok((sample(text, "spire_csi_publish_duration_seconds_count", { outcome: "ok" }) ?? 0) >= 2);
+    assert.ok((sample(text, "spire_csi_snapshot_writes_total", { result: "ok" }) ?? 0) >= 2);
+    for (const volume of volumes) {
+      const expiry = sample(text, "spire_csi_svid_expiry_seconds", { volume_id: volume.volumeId });
+      assert.ok(expiry !== undefined && expiry > 0 && expiry <= ttlSeconds + 15, `SVID expiry in (0, TTL]: ${expiry}`);
+    }
+    assert.equal((await fetch(`http://${String(line?.address)}/readyz`)).status, 200);
   });
 
   test("mTLS between the two identities using only the files", async () => {
