@@ -17,9 +17,9 @@ export function nodeService(options: { nodeId: string; kubeletRoot: string; volu
         { type: { case: "rpc", value: { type: RpcType.VOLUME_MOUNT_GROUP } } },
       ],
     }),
-    nodePublishVolume: async (request, signal) => {
+    nodePublishVolume: async (request) => {
       const spec = parsePublishRequest(request, options.kubeletRoot);
-      await options.volumes.publish(spec, signal);
+      await options.volumes.publish(spec);
       return {};
     },
     nodeUnpublishVolume: async (request) => {

@@ -54,15 +54,19 @@ export class VolumeManager {
     return this.volumes.values();
   }
 
-  publish(spec: VolumeSpec, signal: AbortSignal): Promise<void> {
-    return this.mutex.run(spec.volumeId, () => this.publishLocked(spec, signal));
+  /**
+   * Not cancellable on purpose: when kubelet gives up on a call it retries the same publish, and
+   * that retry finds the finished (or cleaned-up) result instead of a half-built volume.
+   */
+  publish(spec: VolumeSpec): Promise<void> {
+    return this.mutex.run(spec.volumeId, () => this.publishLocked(spec));
   }
 
   unpublish(volumeId: string, targetPath: string): Promise<void> {
     return this.mutex.run(volumeId, () => this.unpublishLocked(volumeId, targetPath));
   }
 
-  private async publishLocked(spec: VolumeSpec, callSignal: AbortSignal): Promise<void> {
+  private async publishLocked(spec: VolumeSpec): Promise<void> {
     const existing = this.volumes.get(spec.volumeId);
     if (existing) {
       const difference = specDifference(existing.spec, spec);
@@ -101,8 +105,6 @@ export class VolumeManager {
       await prepareTarget(spec.targetPath, this.options.backing, spec.fsGroup);
       this.volumes.set(spec.volumeId, volume);
       volume.start();
-      // kubelet cancelling its call does not stop the publish: its retry will find the result.
-      void callSignal;
       await volume.waitForFirstWrite(AbortSignal.timeout(this.options.publishTimeoutMs));
     } catch (error) {
       this.volumes.delete(spec.volumeId);
