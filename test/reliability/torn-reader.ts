@@ -40,6 +40,8 @@ let stop = false;
 process.on("message", (message) => {
   if (message === "stop") stop = true;
 });
+// The test runner died: nobody will ask for the counts.
+process.on("disconnect", () => process.exit(1));
 
 async function readOnce(target: Target): Promise<void> {
   switch (target.kind) {

@@ -18,7 +18,7 @@ describe("torn-read checker", { timeout: 20 * 60_000 }, () => {
   });
   after(() => fx.close());
 
-  test(`0 mismatches and 0 missing files over >= ${minReads} reads across >= ${minRotations} rotations`, async () => {
+  test(`0 mismatches and 0 missing files over >= ${minReads} reads across >= ${minRotations} rotations`, async (t) => {
     const tls = await fx.kubelet.publish(pod, "tls");
     const fs = await fx.kubelet.publish(pod, "fs", { "csi.spire.io/layout": "spiffe-fs" });
     const sds = await fx.kubelet.publish(pod, "sds", { "csi.spire.io/envoy-sds": "true" });
@@ -29,6 +29,7 @@ describe("torn-read checker", { timeout: 20 * 60_000 }, () => {
       { kind: "naive", dir: tls.targetPath },
     ];
     const reader = fork(fileURLToPath(new URL("./torn-reader.ts", import.meta.url)), [JSON.stringify(targets)], { execArgv: ["--import", "tsx"] });
+    t.after(() => reader.kill());
     type Counts = { reads: number; mismatches: number; missing: number; naiveReads: number; naiveTears: number; errors: string[] };
     let readsSoFar = 0;
     const result = new Promise<Counts>((resolve, reject) => {
