@@ -8,8 +8,6 @@ export type DriverErrorCode =
   | "failed-precondition"
   | "deadline-exceeded"
   | "unavailable"
-  | "aborted"
-  | "resource-exhausted"
   | "internal";
 
 export class DriverError extends Error {
@@ -26,10 +24,4 @@ export class DriverError extends Error {
 
 export function invalidArgument(field: string, rule: string): DriverError {
   return new DriverError("invalid-argument", `${field}: ${rule}`);
-}
-
-/** Message of an unknown thrown value, for logs and wrapped errors (never includes payloads). */
-export function describeError(error: unknown): string {
-  if (error instanceof Error) return error.message;
-  return String(error);
 }

@@ -7,8 +7,6 @@ const statusOf: Record<DriverErrorCode, status> = {
   "failed-precondition": status.FAILED_PRECONDITION,
   "deadline-exceeded": status.DEADLINE_EXCEEDED,
   unavailable: status.UNAVAILABLE,
-  aborted: status.ABORTED,
-  "resource-exhausted": status.RESOURCE_EXHAUSTED,
   internal: status.INTERNAL,
 };
 

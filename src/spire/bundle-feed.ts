@@ -1,4 +1,4 @@
-import { EventEmitter, once } from "node:events";
+import { EventEmitter } from "node:events";
 import type { Logger } from "pino";
 import type { AgentClient } from "./agent-client.js";
 import type { AgentAvailability } from "./agent-availability.js";
@@ -77,12 +77,6 @@ export class BundleFeed<T> extends EventEmitter<BundleFeedEvents<T>> {
 
   get connected(): boolean {
     return this.status.state === "open";
-  }
-
-  /** Resolves with the bundles once at least one message has arrived. */
-  async ready(signal: AbortSignal): Promise<Bundles<T>> {
-    if (!this.received) await once(this, "change", { signal });
-    return this.bundles;
   }
 
   private accept(message: { [key: string]: Uint8Array }, logger: Logger): void {

@@ -36,18 +36,10 @@ export class VolumeManager {
 
   constructor(private readonly options: VolumeManagerOptions) {}
 
-  get size(): number {
-    return this.volumes.size;
-  }
-
   phases(): Map<VolumePhase, number> {
     const counts = new Map<VolumePhase, number>();
     for (const volume of this.volumes.values()) counts.set(volume.state.phase, (counts.get(volume.state.phase) ?? 0) + 1);
     return counts;
-  }
-
-  get(volumeId: string): Volume | undefined {
-    return this.volumes.get(volumeId);
   }
 
   all(): IterableIterator<Volume> {

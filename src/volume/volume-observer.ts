@@ -11,11 +11,3 @@ export interface VolumeObserver {
   svidRejected(reason: string): void;
   streamRetrying(stream: AgentStreamName): void;
 }
-
-export const silentObserver: VolumeObserver = {
-  publishFinished: () => undefined,
-  snapshotWritten: () => undefined,
-  snapshotFailed: () => undefined,
-  svidRejected: () => undefined,
-  streamRetrying: () => undefined,
-};
