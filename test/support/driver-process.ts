@@ -21,6 +21,13 @@ export interface DriverProcessOptions {
   logFile: string;
   /** Defaults to an ephemeral loopback port; the bound address is logged. */
   metricsAddress?: string;
+  /** Default "debug", so tests can wait for any log line. */
+  logLevel?: "debug" | "info" | "warn";
+  /**
+   * "source" (default) runs src/main.ts through tsx; "build" runs the compiled dist/ the way the
+   * container image does (needs `npm run build` first), for measurements without tsx's overhead.
+   */
+  entry?: "source" | "build";
   extraArgs?: string[];
 }
 
@@ -73,10 +80,12 @@ export class DriverProcess {
   async start(): Promise<void> {
     if (this.running) throw new Error("driver already running");
     const { options } = this;
+    const entry =
+      options.entry === "build"
+        ? ["--conditions=production", join(repoRoot, "dist/src/main.js")]
+        : ["--import", "tsx", join(repoRoot, "src/main.ts")];
     const args = [
-      "--import",
-      "tsx",
-      join(repoRoot, "src/main.ts"),
+      ...entry,
       "--plugin-socket", options.pluginSocket,
       "--agent-socket", options.agentSocket,
       "--kubelet-root", options.kubeletRoot,
@@ -86,7 +95,7 @@ export class DriverProcess {
       "--publish-timeout", options.publishTimeout ?? "10s",
       "--reconnect-min", options.reconnectMin ?? "100ms",
       "--reconnect-max", options.reconnectMax ?? "1s",
-      "--log-level", "debug",
+      "--log-level", options.logLevel ?? "debug",
       "--metrics-address", options.metricsAddress ?? "127.0.0.1:0",
       ...(options.extraArgs ?? []),
     ];

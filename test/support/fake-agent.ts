@@ -106,7 +106,8 @@ interface CachedSvid {
  * full set is sent at once (empty when nothing matches) and again on every change; authorization
  * is checked on each call and again before each update. Fault controls and counters are public.
  *
- * Events: "streams" (open X.509-SVID stream count), "subscribe" (selectors of each call).
+ * Events: "streams" (open X.509-SVID stream count), "subscribe" (selectors of each call),
+ * "x509-push" (emitted synchronously just before new SVID sets are queued to the open streams).
  */
 export class FakeAgent extends EventEmitter {
   readonly entries = new Map<string, FakeEntry>();
@@ -441,6 +442,7 @@ export class FakeAgent extends EventEmitter {
   }
 
   private pushAll(force = false): void {
+    this.emit("x509-push");
     for (const stream of this.svidStreams) {
       if (!stream.held) this.pushTo(stream, force);
     }

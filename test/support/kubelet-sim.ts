@@ -31,6 +31,8 @@ export interface PublishedVolume {
 
 export interface PublishOutcome extends PublishedVolume {
   attempts: number;
+  /** The last NodePublishVolume call alone (kubelet's own preparation excluded): performance.now() at its start, and its milliseconds. */
+  rpc: { startedAt: number; ms: number };
   /** The final error; undefined when the volume was published. */
   error?: ConnectError;
   /** Why kubelet's cleanup after a final error failed (kubelet only logs it), e.g. files left in the target. */
@@ -154,7 +156,7 @@ export class KubeletSimulator {
   }
 
   /** Publishes like kubelet and throws the final ConnectError if it fails. */
-  async publish(pod: PodSpec, volumeName: string, attributes: Record<string, string> = {}, options: PublishOptions = {}): Promise<PublishedVolume & { attempts: number }> {
+  async publish(pod: PodSpec, volumeName: string, attributes: Record<string, string> = {}, options: PublishOptions = {}): Promise<PublishedVolume & Pick<PublishOutcome, "attempts" | "rpc">> {
     const outcome = await this.tryPublish(pod, volumeName, attributes, options);
     if (outcome.error) throw outcome.error;
     return outcome;
@@ -170,15 +172,18 @@ export class KubeletSimulator {
     const started = Date.now();
     let delayMs = firstRetryDelayMs;
     for (let attempt = 1; ; attempt++) {
+      let rpcStarted = performance.now();
       try {
         // kubelet's SetUpAt order: volume dir, VOLUME_MOUNT_GROUP check, vol_data.json, publish.
         await mkdir(dirname(targetPath), { recursive: true, mode: 0o750 });
         await this.refreshCapabilities();
         request.volumeCapability!.accessType = mountAccess(this.mountGroupSupported && pod.fsGroup !== undefined ? String(pod.fsGroup) : "");
         await this.writeVolumeData(volumeId, volumeName, targetPath);
+        rpcStarted = performance.now();
         await this.node.nodePublishVolume(request, { timeoutMs: options.callTimeoutMs ?? kubeletCallTimeoutMs });
+        const rpc = { startedAt: rpcStarted, ms: performance.now() - rpcStarted };
         this.published.set(volumeId, volume);
-        return { ...volume, attempts: attempt };
+        return { ...volume, attempts: attempt, rpc };
       } catch (error) {
         // Filesystem errors are the harness's own problem, not an RPC outcome.
         if (!(error instanceof ConnectError)) throw error;
@@ -193,7 +198,8 @@ export class KubeletSimulator {
         if (!retryable || attempt >= maxAttempts || !budgetLeft) {
           // An uncertain outcome may have mounted: remember it so unpublishAll() tears it down, as kubelet would.
           if (uncertain) this.published.set(volumeId, volume);
-          return { ...volume, attempts: attempt, error: connectError, ...(cleanupError === undefined ? {} : { cleanupError }) };
+          const rpc = { startedAt: rpcStarted, ms: performance.now() - rpcStarted };
+          return { ...volume, attempts: attempt, rpc, error: connectError, ...(cleanupError === undefined ? {} : { cleanupError }) };
         }
         await sleep(delayMs);
         delayMs = Math.min(delayMs * 2, options.maxDelayMs ?? kubeletCallTimeoutMs);

@@ -246,6 +246,26 @@ export class SpireFixture {
     return result.entry.id;
   }
 
+  /** Registers many entries in one batch (`entry create -data`); throws if any was refused. */
+  async createEntries(entries: readonly EntryOptions[]): Promise<void> {
+    const file = join(this.dir, `entries-${Date.now()}.json`);
+    const body = entries.map((entry) => ({
+      spiffe_id: entry.spiffeId,
+      parent_id: entry.parentId ?? this.agentId,
+      selectors: entry.selectors.map(parseSelector),
+      ...(entry.x509SvidTtl ? { x509_svid_ttl: entry.x509SvidTtl } : {}),
+      ...(entry.jwtSvidTtl ? { jwt_svid_ttl: entry.jwtSvidTtl } : {}),
+      ...(entry.hint ? { hint: entry.hint } : {}),
+      ...(entry.federatesWith ? { federates_with: entry.federatesWith } : {}),
+    }));
+    await writeFile(file, JSON.stringify({ entries: body }));
+    const output = JSON.parse(await this.serverCli(["entry", "create", "-data", file, "-output", "json"])) as { results: { status?: { code?: number; message?: string } }[] };
+    const refused = output.results.filter((result) => (result.status?.code ?? 0) !== 0);
+    if (refused.length > 0 || output.results.length !== entries.length) {
+      throw new Error(`entry create refused ${refused.length} of ${entries.length}: ${JSON.stringify(refused[0]?.status ?? output)}`);
+    }
+  }
+
   async deleteEntry(id: string): Promise<void> {
     await this.serverCli(["entry", "delete", "-entryID", id]);
   }

@@ -1,0 +1,242 @@
+import type { PeerComparisonRow } from "./scenarios/spiffe-helper.js";
+import type { PublishLatencyResult } from "./scenarios/publish-latency.js";
+import type { RestartResult } from "./scenarios/restart.js";
+import type { RotationFanoutResult } from "./scenarios/rotation-fanout.js";
+import type { Distribution } from "./stats.js";
+
+export interface Footprint {
+  rssIdleBytes: number;
+  /** RSS with N volumes published, keyed by N. */
+  rssByVolumes: Record<number, number>;
+  /** (RSS at the largest N − idle RSS) / N. */
+  marginalBytesPerVolume: number;
+  idleCpuPercent: number;
+  idleCpuWindowMs: number;
+}
+
+export interface BenchResults {
+  startedAt: string;
+  mode: "quick" | "full";
+  machine: { node: string; cpus: number; cpuModel: string; platform: string };
+  versions: { driver: string; spire: string; spiffeHelper: string };
+  fakeAgent: { publish: PublishLatencyResult[]; footprint: Footprint; rotation: RotationFanoutResult; restart: RestartResult };
+  spire: { publish: PublishLatencyResult[]; restart: RestartResult; peers: PeerComparisonRow[] };
+}
+
+export interface TargetCheck {
+  target: string;
+  measured: string;
+  met: boolean;
+}
+
+const ms = (value: number) => `${value < 10 ? value.toFixed(2) : value.toFixed(1)} ms`;
+const mb = (bytes: number) => `${(bytes / 1024 / 1024).toFixed(1)} MB`;
+const kb = (bytes: number) => `${(bytes / 1024).toFixed(0)} KB`;
+const times = (value: number) => `${value.toFixed(2)}×`;
+const spread = (d: Distribution) => `${ms(d.p50)} / ${ms(d.p95)} / ${ms(d.p99)}`;
+
+function largest(results: readonly PublishLatencyResult[]): PublishLatencyResult {
+  return results.reduce((a, b) => (b.concurrency > a.concurrency ? b : a));
+}
+
+/** Every target of the benchmark issue, judged on this run's figures against this run's baselines. */
+export function checkTargets(results: BenchResults): TargetCheck[] {
+  const checks: TargetCheck[] = [];
+  for (const [agent, publish] of [["real SPIRE", results.spire.publish], ["fake agent", results.fakeAgent.publish]] as const) {
+    for (const level of publish) {
+      const ratio = level.driver.p50 / level.baseline.p50;
+      checks.push({
+        target: `${agent}: publish p50 at ${level.concurrency} concurrent ≤ 1.15× bare agent`,
+        measured: `${ms(level.driver.p50)} vs ${ms(level.baseline.p50)} = ${times(ratio)}`,
+        met: ratio <= 1.15,
+      });
+    }
+    const burst = largest(publish);
+    const wallRatio = burst.driverWallMs / burst.baselineWallMs;
+    checks.push({
+      target: `${agent}: ${burst.concurrency} concurrent publishes done ≤ 1.3× bare agent's ${burst.concurrency} first responses`,
+      measured: `${ms(burst.driverWallMs)} vs ${ms(burst.baselineWallMs)} = ${times(wallRatio)}`,
+      met: wallRatio <= 1.3,
+    });
+  }
+  const rotation = results.fakeAgent.rotation;
+  const rotationRatio = rotation.driverLastMs / rotation.floorLastMs;
+  checks.push({
+    target: `rotation of ${rotation.volumes} volumes ≤ 2× the plain-fs floor (push → last swap)`,
+    measured: `${ms(rotation.driverLastMs)} vs ${ms(rotation.floorLastMs)} = ${times(rotationRatio)}`,
+    met: rotationRatio <= 2,
+  });
+  checks.push({
+    target: "no volume later than 250 ms after the push",
+    measured: `slowest ${ms(rotation.driver.max)}`,
+    met: rotation.driver.max <= 250,
+  });
+  for (const [agent, restart] of [["real SPIRE", results.spire.restart], ["fake agent", results.fakeAgent.restart]] as const) {
+    checks.push({
+      target: `${agent}: restart with ${restart.volumes} volumes, all re-adopted ≤ 2 s`,
+      measured: ms(restart.allRewrittenMs),
+      met: restart.allRewrittenMs <= 2_000,
+    });
+  }
+  const footprint = results.fakeAgent.footprint;
+  const fullCount = Math.max(...Object.keys(footprint.rssByVolumes).map(Number));
+  const fullRss = footprint.rssByVolumes[fullCount]!;
+  checks.push({ target: `RSS ≤ 120 MB at ${fullCount} volumes`, measured: mb(fullRss), met: fullRss <= 120 * 1024 * 1024 });
+  checks.push({
+    target: "marginal memory ≤ 150 KB per volume",
+    measured: kb(footprint.marginalBytesPerVolume),
+    met: footprint.marginalBytesPerVolume <= 150 * 1024,
+  });
+  const peers = results.spire.peers.reduce((a, b) => (b.workloads > a.workloads ? b : a));
+  const memoryRatio = peers.helperRssBytes / peers.driverRssBytes;
+  checks.push({
+    target: `≥ 20× less memory than spiffe-helper at N = ${peers.workloads}`,
+    measured: `${mb(peers.driverRssBytes)} vs ${mb(peers.helperRssBytes)} = ${memoryRatio.toFixed(1)}× less`,
+    met: memoryRatio >= 20,
+  });
+  checks.push({
+    target: "idle CPU < 1 % (no polling)",
+    measured: `${footprint.idleCpuPercent.toFixed(2)} % over ${(footprint.idleCpuWindowMs / 1000).toFixed(0)} s`,
+    met: footprint.idleCpuPercent < 1,
+  });
+  return checks;
+}
+
+export function renderMarkdown(results: BenchResults, checks: readonly TargetCheck[]): string {
+  const lines: string[] = [];
+  const { machine, versions } = results;
+  lines.push(`# spire-csi-driver benchmark (${results.mode})`, "");
+  lines.push(
+    `${results.startedAt} · ${machine.cpus}× ${machine.cpuModel} · ${machine.platform} · Node ${machine.node} · driver ${versions.driver} (compiled dist/) · SPIRE ${versions.spire} · spiffe-helper ${versions.spiffeHelper}`,
+    "",
+    "Every ratio compares figures measured in this run, on this machine.",
+    "",
+  );
+  lines.push("## Targets", "", "| Target | Measured (driver vs baseline) | Met |", "|---|---|---|");
+  for (const check of checks) lines.push(`| ${check.target} | ${check.measured} | ${check.met ? "yes" : "**no**"} |`);
+  lines.push("", "## Publish latency: NodePublishVolume → OK with files written, vs. the bare agent's first SVID set", "");
+  lines.push("| Agent | Concurrent | Driver p50 / p95 / p99 | Bare agent p50 / p95 / p99 | p50 ratio | Driver all done | Bare agent all done | Ratio |");
+  lines.push("|---|---|---|---|---|---|---|---|");
+  for (const [agent, publish] of [["real SPIRE", results.spire.publish], ["fake agent", results.fakeAgent.publish]] as const) {
+    for (const level of publish) {
+      lines.push(
+        `| ${agent} | ${level.concurrency} | ${spread(level.driver)} | ${spread(level.baseline)} | ${times(level.driver.p50 / level.baseline.p50)} | ${ms(level.driverWallMs)} | ${ms(level.baselineWallMs)} | ${times(level.driverWallMs / level.baselineWallMs)} |`,
+      );
+    }
+  }
+  const rotation = results.fakeAgent.rotation;
+  lines.push("", `## Rotation fan-out: one push re-issues ${rotation.volumes} SVIDs (fake agent)`, "");
+  lines.push("| | p50 | p99 | slowest volume | last swap (median of rounds) |", "|---|---|---|---|---|");
+  lines.push(`| driver (push → \`..data\` swapped) | ${ms(rotation.driver.p50)} | ${ms(rotation.driver.p99)} | ${ms(rotation.driver.max)} | ${ms(rotation.driverLastMs)} |`);
+  lines.push(`| plain fs floor (same snapshots, no driver) | ${ms(rotation.floor.p50)} | ${ms(rotation.floor.p99)} | ${ms(rotation.floor.max)} | ${ms(rotation.floorLastMs)} |`);
+  lines.push("", "## Restart: SIGKILL with all volumes published, new process → every volume rewritten from a live stream", "");
+  lines.push("| Agent | Volumes | CSI socket ready | All volumes rewritten |", "|---|---|---|---|");
+  for (const [agent, restart] of [["real SPIRE", results.spire.restart], ["fake agent", results.fakeAgent.restart]] as const) {
+    lines.push(`| ${agent} | ${restart.volumes} | ${ms(restart.socketReadyMs)} | ${ms(restart.allRewrittenMs)} |`);
+  }
+  const footprint = results.fakeAgent.footprint;
+  lines.push("", "## Memory and CPU (driver process, fake agent)", "");
+  lines.push("| Volumes | RSS |", "|---|---|", `| 0 | ${mb(footprint.rssIdleBytes)} |`);
+  for (const [count, rss] of Object.entries(footprint.rssByVolumes)) lines.push(`| ${count} | ${mb(rss)} |`);
+  lines.push(
+    "",
+    `Marginal: ${kb(footprint.marginalBytesPerVolume)} per volume. Idle CPU with all volumes published, between rotations: ${footprint.idleCpuPercent.toFixed(2)} % of one core over ${(footprint.idleCpuWindowMs / 1000).toFixed(0)} s.`,
+  );
+  lines.push("", "## Side by side with spiffe-helper (real SPIRE agent; one helper process per workload)", "");
+  lines.push("| Workloads | spiffe-helper RSS (sum) | Driver RSS | Memory ratio | spiffe-helper rotation p50 / slowest | Driver rotation p50 / slowest |");
+  lines.push("|---|---|---|---|---|---|");
+  for (const row of results.spire.peers) {
+    lines.push(
+      `| ${row.workloads} | ${mb(row.helperRssBytes)} | ${mb(row.driverRssBytes)} | ${(row.helperRssBytes / row.driverRssBytes).toFixed(1)}× | ${ms(row.helperRotation.p50)} / ${ms(row.helperRotation.max)} | ${ms(row.driverRotation.p50)} / ${ms(row.driverRotation.max)} |`,
+    );
+  }
+  lines.push("");
+  return lines.join("\n");
+}
+
+interface Bar {
+  label: string;
+  value: number;
+  color: string;
+}
+
+interface Panel {
+  title: string;
+  unit: string;
+  groups: { label: string; bars: Bar[] }[];
+}
+
+const driverColor = "#2b6cb0";
+const baselineColor = "#a0aec0";
+const peerColor = "#dd6b20";
+
+/** Horizontal grouped bars, one panel per measure, stacked in one SVG (no dependencies). */
+export function renderSvg(results: BenchResults): string {
+  const publish = (agent: string, levels: readonly PublishLatencyResult[]) =>
+    levels.map((level) => ({
+      label: `${agent}, ${level.concurrency} concurrent`,
+      bars: [
+        { label: "driver p50", value: level.driver.p50, color: driverColor },
+        { label: "bare agent p50", value: level.baseline.p50, color: baselineColor },
+      ],
+    }));
+  const rotation = results.fakeAgent.rotation;
+  const panels: Panel[] = [
+    { title: "Publish latency p50", unit: "ms", groups: [...publish("SPIRE", results.spire.publish), ...publish("fake", results.fakeAgent.publish)] },
+    {
+      title: `Rotation of ${rotation.volumes} volumes: push → last swap`,
+      unit: "ms",
+      groups: [
+        {
+          label: `${rotation.volumes} volumes`,
+          bars: [
+            { label: "driver", value: rotation.driverLastMs, color: driverColor },
+            { label: "plain fs floor", value: rotation.floorLastMs, color: baselineColor },
+          ],
+        },
+      ],
+    },
+    {
+      title: "Memory for N workloads (RSS)",
+      unit: "MB",
+      groups: results.spire.peers.map((row) => ({
+        label: `N = ${row.workloads}`,
+        bars: [
+          { label: "driver", value: row.driverRssBytes / 1024 / 1024, color: driverColor },
+          { label: "spiffe-helper", value: row.helperRssBytes / 1024 / 1024, color: peerColor },
+        ],
+      })),
+    },
+  ];
+  const width = 760;
+  const labelWidth = 190;
+  const barHeight = 14;
+  const plotWidth = width - labelWidth - 150;
+  const parts: string[] = [];
+  let y = 30;
+  parts.push(`<text x="10" y="20" font-size="15" font-weight="bold">spire-csi-driver benchmark (${escapeXml(results.mode)}, ${escapeXml(results.startedAt)})</text>`);
+  for (const panel of panels) {
+    y += 24;
+    parts.push(`<text x="10" y="${y}" font-size="13" font-weight="bold">${escapeXml(panel.title)}</text>`);
+    y += 8;
+    const max = Math.max(...panel.groups.flatMap((group) => group.bars.map((bar) => bar.value)), 1e-9);
+    for (const group of panel.groups) {
+      parts.push(`<text x="10" y="${y + barHeight}" font-size="11">${escapeXml(group.label)}</text>`);
+      for (const bar of group.bars) {
+        const length = Math.max(1, (bar.value / max) * plotWidth);
+        parts.push(`<rect x="${labelWidth}" y="${y}" width="${length.toFixed(1)}" height="${barHeight - 2}" fill="${bar.color}"/>`);
+        parts.push(
+          `<text x="${(labelWidth + length + 4).toFixed(1)}" y="${y + barHeight - 3}" font-size="10">${escapeXml(`${bar.label}: ${bar.value.toFixed(bar.value < 10 ? 2 : 1)} ${panel.unit}`)}</text>`,
+        );
+        y += barHeight;
+      }
+      y += 6;
+    }
+  }
+  const height = y + 16;
+  return `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" font-family="sans-serif">\n<rect width="100%" height="100%" fill="white"/>\n${parts.join("\n")}\n</svg>\n`;
+}
+
+function escapeXml(text: string): string {
+  return text.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;").replace(/"/g, "&quot;");
+}

@@ -1,0 +1,173 @@
+/**
+ * `npm run bench [-- --quick] [-- --out <dir>]`: builds the driver (dist/, as the image runs it)
+ * and the peers (SPIRE, spiffe-helper), then measures against the fake agent and a real SPIRE
+ * agent. Prints a markdown table and writes bench.md, bench.json and bench.svg to the results
+ * dir (default results/, not committed).
+ */
+import { execFileSync } from "node:child_process";
+import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { cpus } from "node:os";
+import { join } from "node:path";
+import { parseArgs } from "node:util";
+import { fileURLToPath } from "node:url";
+import { startDriverNode, type DriverNode } from "../test/support/driver-node.js";
+import { startFakeAgent, type FakeAgent } from "../test/support/fake-agent.js";
+import { delegatedIdentityClient, SpireFixture, spireVersion } from "../test/support/spire-fixture.js";
+import { formatSelectors, podSelectors } from "../src/volume/selectors.js";
+import { cpuPercentOver, settledResidentBytes } from "./process-usage.js";
+import { checkTargets, renderMarkdown, renderSvg, type BenchResults, type Footprint } from "./report.js";
+import { measurePublishLatency } from "./scenarios/publish-latency.js";
+import { measureRestart } from "./scenarios/restart.js";
+import { measureRotationFanout } from "./scenarios/rotation-fanout.js";
+import { compareWithSpiffeHelper, spiffeHelperVersion } from "./scenarios/spiffe-helper.js";
+import { benchNodeName, makePods, podEntrySelectors, podSpiffeId } from "./workload.js";
+
+const repoRoot = fileURLToPath(new URL("..", import.meta.url));
+
+const { values: flags } = parseArgs({
+  options: { quick: { type: "boolean", default: false }, out: { type: "string", default: join(repoRoot, "results") } },
+});
+
+/** What a run does; --quick trades samples for time, never the scenario sizes. */
+const plan = flags.quick
+  ? { mode: "quick" as const, sequentialSamples: 20, bursts: 1, rotationRounds: 2, settleMs: 1_500, idleCpuWindowMs: 5_000 }
+  : { mode: "full" as const, sequentialSamples: 60, bursts: 3, rotationRounds: 5, settleMs: 3_000, idleCpuWindowMs: 15_000 };
+const concurrencies = [1, 110, 250];
+const volumesAtScale = 250;
+const peerCounts = [1, 10, 50];
+const trustDomain = "example.org";
+
+const progress = (message: string) => process.stderr.write(`[bench] ${message}\n`);
+
+function startBenchNode(agentSocket: string): Promise<DriverNode> {
+  // Production settings: compiled code, tmpfs per volume, info logs.
+  return startDriverNode(agentSocket, { entry: "build", logLevel: "info", volumeBacking: "tmpfs", nodeId: benchNodeName }, "/tmp/scsi-bench-");
+}
+
+async function benchFakeAgent(): Promise<BenchResults["fakeAgent"]> {
+  const dir = await mkdtemp("/tmp/scsi-fake-");
+  let agent: FakeAgent | undefined;
+  let node: DriverNode | undefined;
+  try {
+    agent = await startFakeAgent({ socketPath: join(dir, "agent.sock"), trustDomain, svidTtlSeconds: 3600 });
+    const pods = makePods(volumesAtScale, "bench", "workload");
+    for (const pod of pods) await agent.addEntry({ id: pod.uid, spiffeId: podSpiffeId(trustDomain, pod), selectors: podEntrySelectors(pod) });
+    node = await startBenchNode(agent.socketPath);
+    const pid = node.driver.pid!;
+    const rssIdleBytes = await settledResidentBytes(pid, plan.settleMs);
+    const rssByVolumes: Record<number, number> = {};
+    progress("fake agent: publish latency at 1, 110, 250 concurrent pods");
+    const publish = await measurePublishLatency({
+      node,
+      baseline: delegatedIdentityClient(agent.socketPath),
+      pods,
+      concurrencies,
+      sequentialSamples: plan.sequentialSamples,
+      bursts: plan.bursts,
+      onPublished: async (count) => {
+        rssByVolumes[count] = await settledResidentBytes(pid, plan.settleMs);
+      },
+      keepLastBurst: true,
+    });
+    progress(`fake agent: idle CPU with ${volumesAtScale} volumes over ${plan.idleCpuWindowMs} ms`);
+    const idleCpuPercent = await cpuPercentOver(pid, plan.idleCpuWindowMs);
+    const footprint: Footprint = {
+      rssIdleBytes,
+      rssByVolumes,
+      marginalBytesPerVolume: (rssByVolumes[volumesAtScale]! - rssIdleBytes) / volumesAtScale,
+      idleCpuPercent,
+      idleCpuWindowMs: plan.idleCpuWindowMs,
+    };
+    const targets = node.kubelet.publishedVolumes.map((volume) => volume.targetPath);
+    progress(`fake agent: rotation fan-out over ${targets.length} volumes`);
+    const rotation = await measureRotationFanout(agent, targets, plan.rotationRounds);
+    progress(`fake agent: SIGKILL and restart with ${targets.length} volumes`);
+    const restart = await measureRestart(node, targets);
+    return { publish, footprint, rotation, restart };
+  } finally {
+    await node?.close();
+    await agent?.stop();
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+async function benchSpire(helperBinary: string): Promise<BenchResults["spire"]> {
+  progress("real SPIRE: starting server and agent");
+  const spire = await SpireFixture.start({ trustDomain });
+  let node: DriverNode | undefined;
+  try {
+    await spire.registerDelegate();
+    const pods = makePods(volumesAtScale, "bench", "workload");
+    await spire.createEntries(
+      pods.map((pod) => ({ spiffeId: podSpiffeId(trustDomain, pod), selectors: podEntrySelectors(pod).map((s) => `${s.type}:${s.value}`) })),
+    );
+    progress(`real SPIRE: waiting for the agent to hold ${pods.length} SVIDs`);
+    for (const pod of pods) {
+      await spire.waitForEntryOnAgent({ spiffeId: podSpiffeId(trustDomain, pod), selectors: formatSelectors(podSelectors(pod, benchNodeName)).split(" "), timeoutMs: 120_000 });
+    }
+    node = await startBenchNode(spire.adminSocket);
+    progress("real SPIRE: publish latency at 1, 110, 250 concurrent pods");
+    const publish = await measurePublishLatency({
+      node,
+      baseline: spire.client(),
+      pods,
+      concurrencies,
+      sequentialSamples: plan.sequentialSamples,
+      bursts: plan.bursts,
+      keepLastBurst: true,
+    });
+    const targets = node.kubelet.publishedVolumes.map((volume) => volume.targetPath);
+    progress(`real SPIRE: SIGKILL and restart with ${targets.length} volumes`);
+    const restart = await measureRestart(node, targets);
+    await node.kubelet.unpublishAll();
+    progress(`real SPIRE: side by side with spiffe-helper ${spiffeHelperVersion} for N = ${peerCounts.join(", ")}`);
+    const peers = await compareWithSpiffeHelper({ spire, node, helperBinary, workDir: spire.dir, counts: peerCounts, settleMs: plan.settleMs });
+    return { publish, restart, peers };
+  } catch (error) {
+    process.stderr.write(`${await spire.logTails(10)}\n`);
+    throw error;
+  } finally {
+    await node?.close();
+    await spire.stop();
+  }
+}
+
+async function main(): Promise<void> {
+  const startedAt = new Date().toISOString();
+  progress("building dist/ (the driver is measured as the image runs it)");
+  execFileSync("npm", ["run", "build"], { cwd: repoRoot, stdio: ["ignore", "ignore", "inherit"] });
+  progress("building peers (SPIRE, spiffe-helper) into the shared cache");
+  const binDir = execFileSync("bash", [join(repoRoot, "scripts/build-peers.sh"), "spire-server", "spire-agent", "spiffe-helper"], {
+    cwd: repoRoot,
+    encoding: "utf8",
+    stdio: ["ignore", "pipe", "inherit"],
+  })
+    .trim()
+    .split("\n")
+    .pop()!;
+  process.env.SPIRE_BIN_DIR = binDir;
+  const packageJson = JSON.parse(await readFile(join(repoRoot, "package.json"), "utf8")) as { version: string };
+  const fakeAgent = await benchFakeAgent();
+  const spire = await benchSpire(join(binDir, `spiffe-helper-${spiffeHelperVersion}`));
+  const results: BenchResults = {
+    startedAt,
+    mode: plan.mode,
+    machine: { node: process.version, cpus: cpus().length, cpuModel: cpus()[0]?.model.trim() ?? "unknown", platform: `${process.platform}-${process.arch}` },
+    versions: { driver: packageJson.version, spire: spireVersion, spiffeHelper: spiffeHelperVersion },
+    fakeAgent,
+    spire,
+  };
+  const checks = checkTargets(results);
+  const markdown = renderMarkdown(results, checks);
+  await mkdir(flags.out, { recursive: true });
+  await writeFile(join(flags.out, "bench.json"), `${JSON.stringify({ ...results, targets: checks }, null, 2)}\n`);
+  await writeFile(join(flags.out, "bench.md"), markdown);
+  await writeFile(join(flags.out, "bench.svg"), renderSvg(results));
+  process.stdout.write(markdown);
+  progress(`wrote bench.md, bench.json and bench.svg to ${flags.out}`);
+}
+
+main().catch((error: unknown) => {
+  process.stderr.write(`[bench] failed: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`);
+  process.exitCode = 1;
+});

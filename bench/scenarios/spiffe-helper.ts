@@ -1,0 +1,216 @@
+import { spawn, type ChildProcess } from "node:child_process";
+import { createHash } from "node:crypto";
+import { once } from "node:events";
+import { access, chmod, chown, mkdir, writeFile } from "node:fs/promises";
+import { dirname, join } from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
+import type { DriverNode } from "../../test/support/driver-node.js";
+import { parseSelector, type SpireFixture } from "../../test/support/spire-fixture.js";
+import { FileEvents, isSnapshotSwap } from "../file-events.js";
+import { residentBytes, settledResidentBytes } from "../process-usage.js";
+import { distribution, type Distribution } from "../stats.js";
+import { makePods, volumeName } from "../workload.js";
+
+export const spiffeHelperVersion = "v0.11.0";
+
+/** An unprivileged uid for the helpers, so the unix workload attestor gives them an identity of their own. */
+const helperUid = 65534;
+/** Short-lived SVIDs, so the agent rotates them every few seconds while the bench waits. */
+const rotatingSvidTtlSeconds = 20;
+/** A rotation's writes must land within this after the agent's push to be counted for it. */
+const rotationWindowMs = 5_000;
+const helperFiles = new Set(["svid.pem", "svid_key.pem", "svid_bundle.pem"]);
+
+export interface PeerComparisonRow {
+  workloads: number;
+  /** Sum over the N spiffe-helper processes. */
+  helperRssBytes: number;
+  /** The one driver process serving N volumes. */
+  driverRssBytes: number;
+  /** Agent push (seen by a reference subscriber) → each workload's files on disk. */
+  helperRotation: Distribution;
+  driverRotation: Distribution;
+}
+
+export interface PeerComparisonOptions {
+  spire: SpireFixture;
+  node: DriverNode;
+  helperBinary: string;
+  workDir: string;
+  counts: readonly number[];
+  settleMs: number;
+}
+
+/**
+ * spiffe-helper (one process per workload, Workload API) next to the driver (one process, one
+ * volume per workload) on the same real agent: total memory for N workloads and how long after
+ * an agent rotation each workload's files change.
+ */
+export async function compareWithSpiffeHelper(options: PeerComparisonOptions): Promise<PeerComparisonRow[]> {
+  const { spire, node } = options;
+  // The helpers run unprivileged and must reach the Workload API socket below the fixture's 0700 dir.
+  await chmod(spire.dir, 0o755);
+  await chmod(dirname(spire.workloadSocket), 0o755);
+  const helperSelectors = [`unix:uid:${helperUid}`];
+  const driverSelectors = ["k8s:ns:peer", "k8s:sa:peer"];
+  for (const [name, selectors] of [["helper", helperSelectors], ["driver", driverSelectors]] as const) {
+    const spiffeId = `spiffe://${spire.trustDomain}/peer/${name}`;
+    await spire.createEntry({ spiffeId, selectors: [...selectors], x509SvidTtl: rotatingSvidTtlSeconds });
+    await spire.waitForEntryOnAgent({ spiffeId, selectors: [...selectors] });
+  }
+  const helperRotations = new RotationClock(spire, helperSelectors);
+  const driverRotations = new RotationClock(spire, driverSelectors);
+  const rows: PeerComparisonRow[] = [];
+  try {
+    for (const count of options.counts) {
+      const helpers = await startHelpers(options, count);
+      const events = new FileEvents();
+      try {
+        const pods = makePods(count, "peer", "peer");
+        const volumes = await Promise.all(pods.map((pod) => node.kubelet.publish(pod, volumeName)));
+        await sleep(options.settleMs);
+        const helperRss = (await Promise.all(helpers.map((helper) => residentBytes(helper.process.pid!)))).reduce((a, b) => a + b, 0);
+        const driverRss = await settledResidentBytes(node.driver.pid!, 0);
+        for (const helper of helpers) events.watch(helper.certDir, (name) => helperFiles.has(name));
+        for (const volume of volumes) events.watch(volume.targetPath, isSnapshotSwap);
+        const armedAt = performance.now();
+        const [helperPush, driverPush] = await Promise.all([helperRotations.next(armedAt), driverRotations.next(armedAt)]);
+        await sleep(rotationWindowMs);
+        rows.push({
+          workloads: count,
+          helperRssBytes: helperRss,
+          driverRssBytes: driverRss,
+          helperRotation: rotationLatencies(events, helpers.map((helper) => helper.certDir), helperPush),
+          driverRotation: rotationLatencies(events, volumes.map((volume) => volume.targetPath), driverPush),
+        });
+        await node.kubelet.unpublishAll();
+      } finally {
+        events.close();
+        await Promise.all(helpers.map((helper) => stopProcess(helper.process)));
+      }
+    }
+  } finally {
+    helperRotations.close();
+    driverRotations.close();
+  }
+  return rows;
+}
+
+/**
+ * Per workload: the agent's push → its last file write in the window. The push time is what a
+ * reference subscriber saw, or the first write if a workload's write was observed earlier (the
+ * reference's own event loop can lag behind the agent).
+ */
+function rotationLatencies(events: FileEvents, dirs: readonly string[], pushedAt: number): Distribution {
+  const since = Math.min(pushedAt, events.earliestAfter(pushedAt - 1_000) ?? pushedAt);
+  const latencies = dirs.map((dir) => {
+    const written = events.lastWithin(dir, since, since + rotationWindowMs);
+    if (written === undefined) throw new Error(`${dir} did not change within ${rotationWindowMs} ms of the agent's rotation`);
+    return written - since;
+  });
+  return distribution(latencies);
+}
+
+/** Watches one identity through a Delegated Identity subscription and records when its SVID changes. */
+class RotationClock {
+  private readonly abort = new AbortController();
+  private readonly changes: number[] = [];
+
+  constructor(spire: SpireFixture, selectors: readonly string[]) {
+    void this.follow(spire, selectors);
+  }
+
+  /** The first rotation after `since` (the initial SVID does not count). */
+  async next(since: number, timeoutMs = 4 * rotatingSvidTtlSeconds * 1000): Promise<number> {
+    const deadline = performance.now() + timeoutMs;
+    for (;;) {
+      const change = this.changes.find((time) => time > since);
+      if (change !== undefined) return change;
+      if (performance.now() > deadline) throw new Error(`no SVID rotation within ${timeoutMs} ms`);
+      await sleep(20);
+    }
+  }
+
+  close(): void {
+    this.abort.abort();
+  }
+
+  private async follow(spire: SpireFixture, selectors: readonly string[]): Promise<void> {
+    let current: string | undefined;
+    while (!this.abort.signal.aborted) {
+      try {
+        const stream = spire.client().subscribeToX509SVIDs({ selectors: selectors.map(parseSelector) }, { signal: this.abort.signal });
+        for await (const message of stream) {
+          const leaf = message.x509Svids[0]?.x509Svid?.certChain[0];
+          if (!leaf) continue;
+          const fingerprint = createHash("sha256").update(leaf).digest("hex");
+          if (current !== undefined && fingerprint !== current) this.changes.push(performance.now());
+          current = fingerprint;
+        }
+      } catch {
+        await sleep(200).catch(() => undefined);
+      }
+    }
+  }
+}
+
+interface Helper {
+  process: ChildProcess;
+  certDir: string;
+}
+
+/** Starts `count` spiffe-helper daemons as the helper uid and waits until each has written its SVID. */
+async function startHelpers(options: PeerComparisonOptions, count: number): Promise<Helper[]> {
+  const helpers: Helper[] = [];
+  try {
+    for (let index = 0; index < count; index++) {
+      const dir = join(options.workDir, `helpers-${count}`, String(index));
+      const certDir = join(dir, "certs");
+      await mkdir(certDir, { recursive: true });
+      await chown(certDir, helperUid, helperUid);
+      const config = join(dir, "helper.conf");
+      await writeFile(
+        config,
+        [
+          `agent_address = "${options.spire.workloadSocket}"`,
+          `cert_dir = "${certDir}"`,
+          `daemon_mode = true`,
+          `svid_file_name = "svid.pem"`,
+          `svid_key_file_name = "svid_key.pem"`,
+          `svid_bundle_file_name = "svid_bundle.pem"`,
+          "",
+        ].join("\n"),
+      );
+      await chmod(dir, 0o755);
+      await chmod(config, 0o644);
+      const child = spawn(options.helperBinary, ["-config", config], { uid: helperUid, gid: helperUid, stdio: "ignore" });
+      helpers.push({ process: child, certDir });
+    }
+    const deadline = Date.now() + 60_000;
+    for (const helper of helpers) {
+      while (!(await exists(join(helper.certDir, "svid.pem")))) {
+        if (helper.process.exitCode !== null) throw new Error(`spiffe-helper exited with ${helper.process.exitCode} before writing its SVID`);
+        if (Date.now() > deadline) throw new Error(`spiffe-helper wrote no SVID into ${helper.certDir} within 60 s`);
+        await sleep(50);
+      }
+    }
+    return helpers;
+  } catch (error) {
+    await Promise.all(helpers.map((helper) => stopProcess(helper.process)));
+    throw error;
+  }
+}
+
+async function stopProcess(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  const exited = once(child, "exit");
+  child.kill("SIGKILL");
+  await exited;
+}
+
+async function exists(path: string): Promise<boolean> {
+  return access(path).then(
+    () => true,
+    () => false,
+  );
+}
