@@ -1,10 +1,10 @@
-import { execFile } from "node:child_process";
 import { chown, lstat, mkdir, readFile, realpath } from "node:fs/promises";
 import { dirname } from "node:path";
-import { promisify } from "node:util";
 import { invalidArgument } from "../errors.js";
+import { MountRunner } from "./mount-runner.js";
 
-const run = promisify(execFile);
+/** Shared by every volume: idle shells hold no event-loop reference and exit with the driver. */
+const mountCommands = new MountRunner();
 
 export type VolumeBacking = { kind: "tmpfs"; size: string } | { kind: "directory" };
 
@@ -25,10 +25,23 @@ export async function prepareTarget(targetPath: string, backing: VolumeBacking, 
   if (backing.kind === "tmpfs" && !(await isMountPoint(targetPath))) {
     const options = [`size=${backing.size}`, `mode=${mode.toString(8)}`, "nosuid", "nodev", "noexec"];
     if (gid !== undefined) options.push(`gid=${gid}`);
-    await run("mount", ["-t", "tmpfs", "-o", options.join(","), "tmpfs", targetPath]);
+    await mountCommands.run("mount", ["-t", "tmpfs", "-o", options.join(","), "tmpfs", targetPath]);
   } else if (gid !== undefined) {
     await chown(targetPath, 0, gid);
   }
+}
+
+/**
+ * The checks of prepareTarget that need no changes on disk, for publish to run before it opens
+ * an agent stream: a request kubelet could not have made must cost the agent nothing.
+ */
+export async function checkTarget(targetPath: string): Promise<void> {
+  await requireRealDir(dirname(targetPath), "its parent dir (kubelet creates it before publishing)");
+  const exists = await lstat(targetPath).then(
+    () => true,
+    () => false,
+  );
+  if (exists) await requireRealDir(targetPath, "the target");
 }
 
 async function requireRealDir(path: string, what: string): Promise<void> {
@@ -43,7 +56,7 @@ async function requireRealDir(path: string, what: string): Promise<void> {
 
 /** Unmounts the volume's tmpfs if there is one; the caller clears a plain dir. */
 export async function unmountTarget(targetPath: string): Promise<void> {
-  if (await isMountPoint(targetPath)) await run("umount", [targetPath]);
+  if (await isMountPoint(targetPath)) await mountCommands.run("umount", [targetPath]);
 }
 
 export async function isMountPoint(path: string): Promise<boolean> {

@@ -16,7 +16,9 @@ export class DriverMetrics implements VolumeObserver {
 
   constructor(source: { volumes: () => VolumeManager | undefined; agentConnected: () => boolean }) {
     const registers = [this.registry];
-    collectDefaultMetrics({ register: this.registry, prefix: "spire_csi_" });
+    // prom-client samples event-loop delay with a native timer, every 10 ms by default: 100
+    // wake-ups a second on an otherwise idle node agent. Once a second still records every delay.
+    collectDefaultMetrics({ register: this.registry, prefix: "spire_csi_", eventLoopMonitoringPrecision: 1_000 });
     this.publishDuration = new Histogram({
       name: "spire_csi_publish_duration_seconds",
       help: "NodePublishVolume duration from request to files written, by outcome (ok or the error code)",

@@ -1,4 +1,5 @@
-import { createPrivateKey, X509Certificate } from "node:crypto";
+import { X509Certificate } from "node:crypto";
+import { keyMatchesCertificate } from "./key-match.js";
 import type { SubscribeToX509SVIDsResponse } from "../gen/spire/api/agent/delegatedidentity/v1/delegatedidentity_pb.js";
 
 /** One X.509-SVID from the agent that passed every check, ready to be written. */
@@ -45,8 +46,7 @@ export function parseX509SvidSet(response: SubscribeToX509SVIDsResponse, nowMs =
       if (uris.length !== 1 || uris[0] !== spiffeId) {
         throw new Error(`leaf URI SAN ${JSON.stringify(uris)} is not the SVID's SPIFFE ID`);
       }
-      const key = createPrivateKey({ key: Buffer.from(entry.x509SvidKey), format: "der", type: "pkcs8" });
-      if (!leaf.checkPrivateKey(key)) throw new Error("private key does not match the leaf certificate");
+      if (!keyMatchesCertificate(leaf, svid.certChain[0]!, entry.x509SvidKey)) throw new Error("private key does not match the leaf certificate");
       if (Date.parse(leaf.validTo) <= nowMs) throw new Error(`leaf expired at ${leaf.validTo}`);
       identities.push({
         spiffeId,

@@ -3,7 +3,7 @@ import type { Logger } from "pino";
 import type { MetadataStore, VolumeRecord } from "@spire-csi-driver/metadata-store";
 import { DriverError } from "../errors.js";
 import { clearSnapshots, hasSnapshot } from "../files/atomic-snapshot.js";
-import { isMountPoint, prepareTarget, unmountTarget, type VolumeBacking } from "../files/target-mount.js";
+import { checkTarget, isMountPoint, prepareTarget, unmountTarget, type VolumeBacking } from "../files/target-mount.js";
 import { parseVolumeAttributes } from "./volume-attributes.js";
 import { KeyedMutex } from "./keyed-mutex.js";
 import { specDifference, type VolumeSpec } from "./volume-spec.js";
@@ -72,7 +72,7 @@ export class VolumeManager {
         // Re-adopted after a crash that may have come before the first write: only report the
         // volume as published once its files are on disk.
         try {
-          await existing.waitForFirstWrite(AbortSignal.timeout(this.options.publishTimeoutMs));
+          await existing.waitForFirstWrite(this.options.publishTimeoutMs);
         } catch (error) {
           throw this.publishFailure(existing, error);
         }
@@ -91,13 +91,20 @@ export class VolumeManager {
     const { logger } = this.options;
     const { observer } = this.options.volume;
     const started = performance.now();
-    await this.options.store.put(toRecord(spec));
-    const volume = new Volume(spec, "publishing", this.options.volume);
+    await checkTarget(spec.targetPath).catch((error: unknown) => {
+      observer.publishFinished(error instanceof DriverError ? error.code : "internal", (performance.now() - started) / 1000);
+      throw error;
+    });
+    // The agent subscription opens at once and runs alongside the record write and the mount
+    // (each a few ms); the volume holds its first write until the target is ready.
+    const targetReady = this.options.store.put(toRecord(spec)).then(() => prepareTarget(spec.targetPath, this.options.backing, spec.fsGroup));
+    const volume = new Volume(spec, "publishing", this.options.volume, targetReady);
     try {
-      await prepareTarget(spec.targetPath, this.options.backing, spec.fsGroup);
       this.volumes.set(spec.volumeId, volume);
       volume.start();
-      await volume.waitForFirstWrite(AbortSignal.timeout(this.options.publishTimeoutMs));
+      const deadline = performance.now() + this.options.publishTimeoutMs;
+      await targetReady;
+      await volume.waitForFirstWrite(deadline - performance.now());
     } catch (error) {
       this.volumes.delete(spec.volumeId);
       await volume.stop();

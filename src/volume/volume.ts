@@ -65,11 +65,17 @@ export class Volume {
     if (this.spec.attributes.jwt.length > 0) this.scheduleWrite();
   };
 
+  /**
+   * @param targetReady settles once the target dir (and its tmpfs) is there; no snapshot is
+   * written before. Rejected: the publish fails and the volume is stopped by its owner.
+   */
   constructor(
     readonly spec: VolumeSpec,
     initialPhase: "publishing" | "adopting",
     private readonly deps: VolumeDependencies,
+    private readonly targetReady: Promise<void> = Promise.resolve(),
   ) {
+    targetReady.catch(() => undefined);
     this.state = { phase: initialPhase, since: Date.now() };
     this.selectors = podSelectors(spec.pod, deps.nodeName);
     this.logger = deps.logger.child({ volumeId: spec.volumeId, pod: `${spec.pod.namespace}/${spec.pod.name}` });
@@ -133,14 +139,21 @@ export class Volume {
     this.firstWrite.reject(new Error("volume stopped"));
   }
 
-  /** Resolves once the first snapshot is on disk; rejects when the signal aborts first. */
-  async waitForFirstWrite(signal: AbortSignal): Promise<void> {
-    signal.throwIfAborted();
-    const aborted = new Promise<never>((_, reject) =>
-      signal.addEventListener("abort", () => reject(signal.reason), { once: true }),
-    );
-    aborted.catch(() => undefined);
-    await Promise.race([this.firstWrite.promise, aborted]);
+  /**
+   * Resolves once the first snapshot is on disk; rejects with a TimeoutError DOMException when
+   * `timeoutMs` passes first. The timer is cleared either way (AbortSignal.timeout's cannot be),
+   * so hundreds of publishes leave no timers behind to wake the idle driver.
+   */
+  async waitForFirstWrite(timeoutMs: number): Promise<void> {
+    let timer: NodeJS.Timeout | undefined;
+    const timedOut = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new DOMException(`no snapshot within ${timeoutMs} ms`, "TimeoutError")), Math.max(0, timeoutMs));
+    });
+    try {
+      await Promise.race([this.firstWrite.promise, timedOut]);
+    } finally {
+      clearTimeout(timer);
+    }
   }
 
   /** Why no snapshot has been written yet, in words for the operator. */
@@ -219,6 +232,11 @@ export class Volume {
   }
 
   private async drainWrites(): Promise<void> {
+    try {
+      await this.targetReady;
+    } catch {
+      return;
+    }
     while (this.writeWanted) {
       this.writeWanted = false;
       const identity = this.identity!;

@@ -1,6 +1,6 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { once } from "node:events";
-import { createWriteStream, type WriteStream } from "node:fs";
+import { createWriteStream, readFileSync, type WriteStream } from "node:fs";
 import { connect } from "node:net";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -28,6 +28,8 @@ export interface DriverProcessOptions {
    * container image does (needs `npm run build` first), for measurements without tsx's overhead.
    */
   entry?: "source" | "build";
+  /** Extra node flags, e.g. ["--cpu-prof"] to profile (written on a clean exit only). */
+  nodeFlags?: string[];
   extraArgs?: string[];
 }
 
@@ -80,11 +82,9 @@ export class DriverProcess {
   async start(): Promise<void> {
     if (this.running) throw new Error("driver already running");
     const { options } = this;
-    const entry =
-      options.entry === "build"
-        ? ["--conditions=production", join(repoRoot, "dist/src/main.js")]
-        : ["--import", "tsx", join(repoRoot, "src/main.ts")];
+    const entry = options.entry === "build" ? [...imageNodeFlags(), join(repoRoot, "dist/src/main.js")] : ["--import", "tsx", join(repoRoot, "src/main.ts")];
     const args = [
+      ...(options.nodeFlags ?? []),
       ...entry,
       "--plugin-socket", options.pluginSocket,
       "--agent-socket", options.agentSocket,
@@ -170,6 +170,16 @@ export class DriverProcess {
     }
     throw new Error(`no matching driver log line within ${timeoutMs} ms; last lines:\n${this.rawOutput.slice(-15).join("\n")}`);
   }
+}
+
+/** The node flags of the container image's ENTRYPOINT, so a measured driver runs as it does in production. */
+export function imageNodeFlags(): string[] {
+  const dockerfile = readFileSync(join(repoRoot, "Dockerfile"), "utf8");
+  const entrypoint = /^ENTRYPOINT (\[.*\])$/m.exec(dockerfile)?.[1];
+  if (!entrypoint) throw new Error("Dockerfile has no exec-form ENTRYPOINT");
+  const argv = JSON.parse(entrypoint) as string[];
+  if (argv[0] !== "node" || argv.at(-1) !== "dist/src/main.js") throw new Error(`unexpected ENTRYPOINT ${entrypoint}`);
+  return argv.slice(1, -1);
 }
 
 function canConnect(socketPath: string): Promise<boolean> {
