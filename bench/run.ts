@@ -11,9 +11,9 @@ import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { fileURLToPath } from "node:url";
 import { startDriverNode, type DriverNode } from "../test/support/driver-node.js";
-import { startFakeAgent, type FakeAgent } from "../test/support/fake-agent.js";
 import { delegatedIdentityClient, SpireFixture, spireVersion } from "../test/support/spire-fixture.js";
-import { formatSelectors, podSelectors } from "../src/volume/selectors.js";
+import { podSelectors } from "../src/volume/selectors.js";
+import { FakeAgentProcess } from "./fake-agent-process.js";
 import { cpuPercentOver, settledResidentBytes } from "./process-usage.js";
 import { checkTargets, renderMarkdown, renderSvg, type BenchResults, type Footprint } from "./report.js";
 import { measurePublishLatency } from "./scenarios/publish-latency.js";
@@ -46,12 +46,12 @@ function startBenchNode(agentSocket: string): Promise<DriverNode> {
 
 async function benchFakeAgent(): Promise<BenchResults["fakeAgent"]> {
   const dir = await mkdtemp("/tmp/scsi-fake-");
-  let agent: FakeAgent | undefined;
+  let agent: FakeAgentProcess | undefined;
   let node: DriverNode | undefined;
   try {
-    agent = await startFakeAgent({ socketPath: join(dir, "agent.sock"), trustDomain, svidTtlSeconds: 3600 });
+    agent = await FakeAgentProcess.start({ socketPath: join(dir, "agent.sock"), trustDomain, svidTtlSeconds: 3600 });
     const pods = makePods(volumesAtScale, "bench", "workload");
-    for (const pod of pods) await agent.addEntry({ id: pod.uid, spiffeId: podSpiffeId(trustDomain, pod), selectors: podEntrySelectors(pod) });
+    await agent.addEntries(pods.map((pod) => ({ id: pod.uid, spiffeId: podSpiffeId(trustDomain, pod), selectors: podEntrySelectors(pod) })));
     node = await startBenchNode(agent.socketPath);
     const pid = node.driver.pid!;
     const rssIdleBytes = await settledResidentBytes(pid, plan.settleMs);
@@ -103,7 +103,8 @@ async function benchSpire(helperBinary: string): Promise<BenchResults["spire"]> 
     );
     progress(`real SPIRE: waiting for the agent to hold ${pods.length} SVIDs`);
     for (const pod of pods) {
-      await spire.waitForEntryOnAgent({ spiffeId: podSpiffeId(trustDomain, pod), selectors: formatSelectors(podSelectors(pod, benchNodeName)).split(" "), timeoutMs: 120_000 });
+      const selectors = podSelectors(pod, benchNodeName).map((selector) => `${selector.type}:${selector.value}`);
+      await spire.waitForEntryOnAgent({ spiffeId: podSpiffeId(trustDomain, pod), selectors, timeoutMs: 120_000 });
     }
     node = await startBenchNode(spire.adminSocket);
     progress("real SPIRE: publish latency at 1, 110, 250 concurrent pods");
@@ -120,6 +121,8 @@ async function benchSpire(helperBinary: string): Promise<BenchResults["spire"]> 
     progress(`real SPIRE: SIGKILL and restart with ${targets.length} volumes`);
     const restart = await measureRestart(node, targets);
     await node.kubelet.unpublishAll();
+    // A fresh process, so the memory figures hold the N volumes and not the 250-volume history.
+    await node.driver.restart("SIGTERM");
     progress(`real SPIRE: side by side with spiffe-helper ${spiffeHelperVersion} for N = ${peerCounts.join(", ")}`);
     const peers = await compareWithSpiffeHelper({ spire, node, helperBinary, workDir: spire.dir, counts: peerCounts, settleMs: plan.settleMs });
     return { publish, restart, peers };

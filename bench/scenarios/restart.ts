@@ -1,4 +1,5 @@
 import type { DriverNode } from "../../test/support/driver-node.js";
+import { now } from "../clock.js";
 import { FileEvents, isSnapshotSwap } from "../file-events.js";
 
 export interface RestartResult {
@@ -16,9 +17,9 @@ export async function measureRestart(node: DriverNode, targets: readonly string[
     for (const target of targets) events.watch(target, isSnapshotSwap);
     await node.driver.stop("SIGKILL");
     node.driver.logs.length = 0;
-    const spawnedAt = performance.now();
+    const spawnedAt = now();
     await node.driver.start();
-    const socketReadyMs = performance.now() - spawnedAt;
+    const socketReadyMs = now() - spawnedAt;
     const rewritten = await events.waitForAll(targets, spawnedAt, 60_000);
     const adoption = await node.driver.waitForLog((line) => line.msg === "re-adopted recorded volumes");
     if (adoption.adopted !== targets.length) {

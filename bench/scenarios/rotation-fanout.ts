@@ -1,7 +1,7 @@
 import { mkdir, mkdtemp, readdir, readFile, rename, rm, symlink, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
-import type { FakeAgent } from "../../test/support/fake-agent.js";
+import type { FakeAgentProcess } from "../fake-agent-process.js";
 import { FileEvents, isSnapshotSwap } from "../file-events.js";
 import { distribution, median, type Distribution } from "../stats.js";
 
@@ -21,7 +21,7 @@ export interface RotationFanoutResult {
  * floor writes the same files as the same snapshots (dir, files, symlink rename) with plain fs
  * calls on a tmpfs and no driver, i.e. the least any file-based delivery can cost.
  */
-export async function measureRotationFanout(agent: FakeAgent, targets: readonly string[], rounds: number): Promise<RotationFanoutResult> {
+export async function measureRotationFanout(agent: FakeAgentProcess, targets: readonly string[], rounds: number): Promise<RotationFanoutResult> {
   const events = new FileEvents();
   const driverSamples: number[] = [];
   const floorSamples: number[] = [];
@@ -30,9 +30,7 @@ export async function measureRotationFanout(agent: FakeAgent, targets: readonly 
   try {
     for (const target of targets) events.watch(target, isSnapshotSwap);
     for (let round = 0; round < rounds; round++) {
-      let pushedAt = Number.NaN;
-      agent.once("x509-push", () => (pushedAt = performance.now()));
-      await agent.rotate();
+      const pushedAt = await agent.rotate();
       const swapped = await events.waitForAll(targets, pushedAt, 30_000);
       const latencies = swapped.map((time) => time - pushedAt);
       driverSamples.push(...latencies);

@@ -143,17 +143,20 @@ export class MetadataStore {
     } catch (error) {
       throw ioError(`listing ${this.dir} failed`, error);
     }
+    // Entries are read concurrently (a node holds hundreds after a restart) and reported in name order.
+    const outcomes = await Promise.all(
+      names.map(async (name): Promise<ReadOutcome | undefined> => {
+        if (name.endsWith(recordSuffix)) return this.lockedByFileName(name, () => this.read(name));
+        const temp = tempFilePattern.exec(name);
+        if (temp?.[1] !== undefined) await this.lockedByFileName(`${temp[1]}${recordSuffix}`, () => this.sweepTempFile(name));
+        return undefined;
+      }),
+    );
     const records: VolumeRecord[] = [];
     const quarantined: QuarantinedRecord[] = [];
-    for (const name of names) {
-      if (name.endsWith(recordSuffix)) {
-        const outcome = await this.lockedByFileName(name, () => this.read(name));
-        if (outcome.kind === "record") records.push(outcome.record);
-        else if (outcome.kind === "quarantined") quarantined.push(outcome.quarantined);
-        continue;
-      }
-      const temp = tempFilePattern.exec(name);
-      if (temp?.[1] !== undefined) await this.lockedByFileName(`${temp[1]}${recordSuffix}`, () => this.sweepTempFile(name));
+    for (const outcome of outcomes) {
+      if (outcome?.kind === "record") records.push(outcome.record);
+      else if (outcome?.kind === "quarantined") quarantined.push(outcome.quarantined);
     }
     return { records, quarantined };
   }

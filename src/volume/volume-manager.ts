@@ -96,7 +96,8 @@ export class VolumeManager {
       throw error;
     });
     // The agent subscription opens at once and runs alongside the record write and the mount
-    // (each a few ms); the volume holds its first write until the target is ready.
+    // (each a few ms); the volume holds its first write until the target is ready. Record, then
+    // mount, stays sequential: a crash at any point must leave a record to act on.
     const targetReady = this.options.store.put(toRecord(spec)).then(() => prepareTarget(spec.targetPath, this.options.backing, spec.fsGroup));
     const volume = new Volume(spec, "publishing", this.options.volume, targetReady);
     try {
@@ -167,29 +168,36 @@ export class VolumeManager {
   async adoptAll(): Promise<AdoptionReport> {
     const { records, quarantined } = await this.options.store.list();
     const report: AdoptionReport = { adopted: 0, removedStale: 0, quarantined: quarantined.length };
-    for (const record of records) {
-      const logger = this.options.logger.child({ volumeId: record.volumeId });
-      if (!(await exists(record.targetPath))) {
-        await this.options.store.delete(record.volumeId);
-        report.removedStale += 1;
-        logger.info({ targetPath: record.targetPath }, "target is gone; dropped the volume's record");
-        continue;
-      }
-      let spec: VolumeSpec;
-      try {
-        spec = fromRecord(record);
-        await prepareTarget(spec.targetPath, this.options.backing, spec.fsGroup);
-      } catch (error) {
-        logger.error({ reason: (error as Error).message }, "cannot re-adopt volume; leaving its record for the next start");
-        continue;
-      }
-      const volume = new Volume(spec, "adopting", this.options.volume);
-      this.volumes.set(spec.volumeId, volume);
-      volume.start();
-      report.adopted += 1;
+    // Records are independent: checking hundreds one after another would keep every pod waiting
+    // for its rewrite behind the disk round trips of all the others.
+    const outcomes = await Promise.all(records.map((record) => this.adopt(record)));
+    for (const outcome of outcomes) {
+      if (outcome === "adopted") report.adopted += 1;
+      if (outcome === "removed-stale") report.removedStale += 1;
     }
     this.options.logger.info(report, "re-adopted recorded volumes");
     return report;
+  }
+
+  private async adopt(record: VolumeRecord): Promise<"adopted" | "removed-stale" | "left-for-next-start"> {
+    const logger = this.options.logger.child({ volumeId: record.volumeId });
+    if (!(await exists(record.targetPath))) {
+      await this.options.store.delete(record.volumeId);
+      logger.info({ targetPath: record.targetPath }, "target is gone; dropped the volume's record");
+      return "removed-stale";
+    }
+    let spec: VolumeSpec;
+    try {
+      spec = fromRecord(record);
+      await prepareTarget(spec.targetPath, this.options.backing, spec.fsGroup);
+    } catch (error) {
+      logger.error({ reason: (error as Error).message }, "cannot re-adopt volume; leaving its record for the next start");
+      return "left-for-next-start";
+    }
+    const volume = new Volume(spec, "adopting", this.options.volume);
+    this.volumes.set(spec.volumeId, volume);
+    volume.start();
+    return "adopted";
   }
 
   /** Stops every stream; files and tmpfs mounts stay for the next process to re-adopt. */
