@@ -1,7 +1,8 @@
-import { chown, lstat, mkdir, readFile, realpath } from "node:fs/promises";
+import { chown, lstat, mkdir } from "node:fs/promises";
 import { dirname } from "node:path";
 import { invalidArgument } from "../errors.js";
 import { MountRunner } from "./mount-runner.js";
+import { isMountPoint } from "./mount-table.js";
 
 /** Shared by every volume: idle shells hold no event-loop reference and exit with the driver. */
 const mountCommands = new MountRunner();
@@ -16,16 +17,22 @@ export type VolumeBacking = { kind: "tmpfs"; size: string } | { kind: "directory
 export async function prepareTarget(targetPath: string, backing: VolumeBacking, gid: number | undefined): Promise<void> {
   const mode = gid === undefined ? 0o755 : 0o750;
   await requireRealDir(dirname(targetPath), "its parent dir (kubelet creates it before publishing)");
-  await mkdir(targetPath, { mode }).catch((error: NodeJS.ErrnoException) => {
-    // A retried publish, or a re-adopted volume, finds the dir already there.
-    if (error.code !== "EEXIST") throw error;
-  });
+  const created = await mkdir(targetPath, { mode }).then(
+    () => true,
+    (error: NodeJS.ErrnoException) => {
+      // A retried publish, or a re-adopted volume, finds the dir already there.
+      if (error.code !== "EEXIST") throw error;
+      return false;
+    },
+  );
   // Never follow a link planted in the pod's volume dir: files must land in the target only.
   await requireRealDir(targetPath, "the target");
-  if (backing.kind === "tmpfs" && !(await isMountPoint(targetPath))) {
+  // A dir made just now cannot be a mount point; reading the mount table (one line per mount on
+  // the node) is left for retries and re-adoption.
+  if (backing.kind === "tmpfs" && (created || !(await isMountPoint(targetPath)))) {
     const options = [`size=${backing.size}`, `mode=${mode.toString(8)}`, "nosuid", "nodev", "noexec"];
     if (gid !== undefined) options.push(`gid=${gid}`);
-    await mountCommands.run("mount", ["-t", "tmpfs", "-o", options.join(","), "tmpfs", targetPath]);
+    await mountCommands.mount({ source: "tmpfs", target: targetPath, fsType: "tmpfs", options });
   } else if (gid !== undefined) {
     await chown(targetPath, 0, gid);
   }
@@ -56,21 +63,5 @@ async function requireRealDir(path: string, what: string): Promise<void> {
 
 /** Unmounts the volume's tmpfs if there is one; the caller clears a plain dir. */
 export async function unmountTarget(targetPath: string): Promise<void> {
-  if (await isMountPoint(targetPath)) await mountCommands.run("umount", [targetPath]);
-}
-
-export async function isMountPoint(path: string): Promise<boolean> {
-  let resolved: string;
-  try {
-    resolved = await realpath(path);
-  } catch {
-    return false;
-  }
-  const mountInfo = await readFile("/proc/self/mountinfo", "utf8");
-  return mountInfo.split("\n").some((line) => decodeMountPath(line.split(" ")[4] ?? "") === resolved);
-}
-
-/** mountinfo escapes space, tab, newline and backslash as octal (\040 ...). */
-function decodeMountPath(field: string): string {
-  return field.replace(/\\([0-7]{3})/g, (_, octal: string) => String.fromCharCode(parseInt(octal, 8)));
+  if (await isMountPoint(targetPath)) await mountCommands.unmount(targetPath);
 }

@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { access, readFile, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
-import { isMountPoint } from "../../src/files/target-mount.js";
+import { isMountPoint } from "../../src/files/mount-table.js";
 import { readVolumeIdentity } from "../support/identity-files.js";
 import { startDriverFixture, type DriverFixture } from "./driver-fixture.js";
 

@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { readdir, readFile } from "node:fs/promises";
 import { after, before, describe, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
-import { isMountPoint } from "../../src/files/target-mount.js";
+import { isMountPoint } from "../../src/files/mount-table.js";
 import { readVolumeIdentity } from "../support/identity-files.js";
 import { type PublishedVolume } from "../support/kubelet-sim.js";
 import { mountsUnder } from "../support/driver-node.js";

@@ -1,38 +1,47 @@
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
-import { mkdir, mkdtemp, rm } from "node:fs/promises";
+import { mkdir, mkdtemp, open, readFile, rm } from "node:fs/promises";
 import { join } from "node:path";
 import { test } from "node:test";
-import { isMountPoint } from "../../src/files/target-mount.js";
-import { MountCommandError, MountRunner, shellQuote } from "../../src/files/mount-runner.js";
+import { MountCommandError, MountRunner, shellQuote, type MountRequest } from "../../src/files/mount-runner.js";
+import { encodeMountField, isMountPoint } from "../../src/files/mount-table.js";
 
 async function withDir(run: (dir: string) => Promise<void>): Promise<void> {
   const dir = await mkdtemp("/tmp/scsi-mr-");
   try {
     await run(dir);
   } finally {
-    for (const line of execFileSync("cat", ["/proc/self/mountinfo"], { encoding: "utf8" }).split("\n").reverse()) {
-      const path = line.split(" ")[4]?.replace(/\\040/g, " ");
+    const mountInfo = await readFile("/proc/self/mountinfo", "utf8");
+    for (const line of mountInfo.split("\n").reverse()) {
+      const path = line.split(" ")[4]?.replace(/\\([0-7]{3})/g, (_, octal: string) => String.fromCharCode(parseInt(octal, 8)));
       if (path?.startsWith(dir)) execFileSync("umount", [path]);
     }
     await rm(dir, { recursive: true, force: true });
   }
 }
 
+const tmpfs = (target: string): MountRequest => ({ source: "tmpfs", target, fsType: "tmpfs", options: ["size=1m", "mode=755", "nosuid", "nodev", "noexec"] });
+
 test("shell quoting keeps every byte of an argument literal", () => {
   const nasty = `it's $(rm -rf /) "a" \`b\` \\ ;|&\n`;
   assert.equal(execFileSync("/bin/sh", ["-c", `printf %s ${shellQuote(nasty)}`], { encoding: "utf8" }), nasty);
 });
 
-test("mount and umount run through the shells, with paths that need quoting", async () => {
+test("fstab fields escape blanks and backslashes as octal", () => {
+  assert.equal(encodeMountField("/a b\tc\nd\\e"), "/a\\040b\\011c\\012d\\134e");
+});
+
+test("mount and unmount, with paths that need quoting and escaping", async () => {
   await withDir(async (dir) => {
     const runner = new MountRunner(2);
     try {
-      const target = join(dir, "it's a target");
+      const target = join(dir, "it's a target\\x");
       await mkdir(target);
-      await runner.run("mount", ["-t", "tmpfs", "-o", "size=1m,mode=755", "tmpfs", target]);
+      await runner.mount(tmpfs(target));
       assert.equal(await isMountPoint(target), true);
-      await runner.run("umount", [target]);
+      await runner.mount(tmpfs(target));
+      assert.equal(await isMountPoint(target), true, "mounting an already mounted target is a no-op");
+      await runner.unmount(target);
       assert.equal(await isMountPoint(target), false);
     } finally {
       runner.close();
@@ -40,36 +49,55 @@ test("mount and umount run through the shells, with paths that need quoting", as
   });
 });
 
-test("a failing command rejects with its exit status and output; the next command still runs", async () => {
+test("in one batch, a bad target fails alone with mount's reason, and the others are mounted", async () => {
   await withDir(async (dir) => {
     const runner = new MountRunner(1);
     try {
+      const good = Array.from({ length: 5 }, (_, index) => join(dir, `good-${index}`));
+      await Promise.all(good.map((target) => mkdir(target)));
       const missing = join(dir, "missing");
-      await assert.rejects(runner.run("mount", ["-t", "tmpfs", "tmpfs", missing]), (error: unknown) => {
-        assert.ok(error instanceof MountCommandError);
-        assert.match(error.message, new RegExp(`^mount -t tmpfs tmpfs ${missing} failed \\(exit \\d+\\): .*${missing}`));
-        return true;
-      });
-      await assert.rejects(runner.run("umount", [dir]), /umount .* failed \(exit \d+\)/);
-      const target = join(dir, "ok");
-      await mkdir(target);
-      await runner.run("mount", ["-t", "tmpfs", "tmpfs", target]);
-      assert.equal(await isMountPoint(target), true);
+      // The first call occupies the only shell, so the rest queue up and go as one batch.
+      const results = await Promise.allSettled([runner.mount(tmpfs(good[0]!)), runner.mount(tmpfs(missing)), ...good.slice(1).map((target) => runner.mount(tmpfs(target)))]);
+      const failure = results[1];
+      assert.equal(failure?.status, "rejected");
+      const error = (failure as PromiseRejectedResult).reason as Error;
+      assert.ok(error instanceof MountCommandError);
+      assert.match(error.message, new RegExp(`^mounting tmpfs on ${missing} failed \\(exit \\d+\\): .*${missing}.*does not exist`));
+      for (const [index, result] of results.entries()) if (index !== 1) assert.equal(result.status, "fulfilled");
+      for (const target of good) assert.equal(await isMountPoint(target), true, target);
+
+      // A file held open keeps a tmpfs busy: its unmount fails, the others in the batch go through.
+      const busy = join(dir, "busy");
+      await mkdir(busy);
+      await runner.mount(tmpfs(busy));
+      const handle = await open(join(busy, "held"), "w");
+      try {
+        const unmounts = await Promise.allSettled([runner.unmount(good[0]!), runner.unmount(busy), ...good.slice(1).map((target) => runner.unmount(target))]);
+        assert.equal(unmounts[1]?.status, "rejected");
+        assert.match(((unmounts[1] as PromiseRejectedResult).reason as Error).message, /^unmounting .*busy failed \(exit \d+\): .*busy/);
+        for (const target of good) assert.equal(await isMountPoint(target), false, target);
+        assert.equal(await isMountPoint(busy), true);
+      } finally {
+        await handle.close();
+      }
+      await runner.unmount(busy);
+      await runner.unmount(busy);
+      assert.equal(await isMountPoint(busy), false, "unmounting what is not mounted is done, not an error");
     } finally {
       runner.close();
     }
   });
 });
 
-test("a burst of commands larger than the pool all complete", async () => {
+test("a burst larger than a batch is all mounted and unmounted", async () => {
   await withDir(async (dir) => {
     const runner = new MountRunner(2);
     try {
-      const targets = Array.from({ length: 12 }, (_, index) => join(dir, String(index)));
+      const targets = Array.from({ length: 300 }, (_, index) => join(dir, String(index)));
       await Promise.all(targets.map((target) => mkdir(target)));
-      await Promise.all(targets.map((target) => runner.run("mount", ["-t", "tmpfs", "tmpfs", target])));
+      await Promise.all(targets.map((target) => runner.mount(tmpfs(target))));
       for (const target of targets) assert.equal(await isMountPoint(target), true, target);
-      await Promise.all(targets.map((target) => runner.run("umount", [target])));
+      await Promise.all(targets.map((target) => runner.unmount(target)));
       for (const target of targets) assert.equal(await isMountPoint(target), false, target);
     } finally {
       runner.close();
@@ -83,12 +111,12 @@ test("a shell that dies is replaced for the next command", async () => {
     try {
       const target = join(dir, "t");
       await mkdir(target);
-      await runner.run("mount", ["-t", "tmpfs", "-o", "size=1m", "tmpfs", target]);
+      await runner.mount(tmpfs(target));
       // The pool's idle shell dies (OOM killer, a stray kill); the runner must notice and replace it.
       const shells = execFileSync("pgrep", ["-P", String(process.pid), "-x", "sh"], { encoding: "utf8" }).trim().split("\n");
       for (const pid of shells) process.kill(Number(pid), "SIGKILL");
       await new Promise((resolve) => setTimeout(resolve, 100));
-      await runner.run("umount", [target]);
+      await runner.unmount(target);
       assert.equal(await isMountPoint(target), false);
     } finally {
       runner.close();
