@@ -216,8 +216,10 @@ export function renderSvg(results: BenchResults): string {
   const barHeight = 14;
   const plotWidth = width - labelWidth - 150;
   const parts: string[] = [];
-  let y = 30;
+  let y = 46;
   parts.push(`<text x="10" y="20" font-size="15" font-weight="bold">spire-csi-driver benchmark (${escapeXml(results.mode)}, ${escapeXml(results.startedAt)})</text>`);
+  const { machine } = results;
+  parts.push(`<text x="10" y="38" font-size="11">${escapeXml(`${machine.cpus}× ${machine.cpuModel}, Node ${machine.node}, SPIRE ${results.versions.spire}`)}</text>`);
   for (const panel of panels) {
     y += 24;
     parts.push(`<text x="10" y="${y}" font-size="13" font-weight="bold">${escapeXml(panel.title)}</text>`);

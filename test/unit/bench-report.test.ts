@@ -1,0 +1,81 @@
+import assert from "node:assert/strict";
+import { test } from "node:test";
+import { checkTargets, renderMarkdown, renderSvg, type BenchResults } from "../../bench/report.js";
+import { distribution, percentile } from "../../bench/stats.js";
+
+test("nearest-rank percentiles: p99 of few samples is the worst one", () => {
+  const samples = [5, 1, 4, 2, 3];
+  assert.equal(percentile([...samples].sort((a, b) => a - b), 0.5), 3);
+  assert.deepEqual(distribution(samples), { count: 5, p50: 3, p95: 5, p99: 5, max: 5 });
+  assert.deepEqual(distribution(Array.from({ length: 100 }, (_, i) => i + 1)), { count: 100, p50: 50, p95: 95, p99: 99, max: 100 });
+  assert.throws(() => distribution([]), /no samples/);
+});
+
+const flat = (value: number) => distribution([value]);
+
+function results(overrides: { driverP50: number; rssAt250: number; rotationLast: number }): BenchResults {
+  const publish = [1, 110, 250].map((concurrency) => ({
+    concurrency,
+    driver: flat(overrides.driverP50),
+    baseline: flat(10),
+    driverWallMs: overrides.driverP50,
+    baselineWallMs: 10,
+  }));
+  const restart = { volumes: 250, socketReadyMs: 300, allRewrittenMs: 900 };
+  return {
+    startedAt: "2026-11-25T00:00:00.000Z",
+    mode: "quick",
+    machine: { node: "v20.20.2", cpus: 2, cpuModel: "test <cpu> & co", platform: "linux-x64" },
+    versions: { driver: "0.1.0", spire: "v1.15.3", spiffeHelper: "v0.11.0" },
+    fakeAgent: {
+      publish,
+      footprint: { rssIdleBytes: 60 * 2 ** 20, rssByVolumes: { 110: 70 * 2 ** 20, 250: overrides.rssAt250 }, marginalBytesPerVolume: (overrides.rssAt250 - 60 * 2 ** 20) / 250, idleCpuPercent: 0, idleCpuWindowMs: 5000 },
+      rotation: { volumes: 250, driver: flat(overrides.rotationLast), floor: flat(50), driverLastMs: overrides.rotationLast, floorLastMs: 50 },
+      restart,
+    },
+    spire: {
+      publish,
+      restart,
+      peers: [1, 10, 50].map((workloads) => ({
+        workloads,
+        helperRssBytes: workloads * 15 * 2 ** 20,
+        driverRssBytes: 70 * 2 ** 20,
+        driverIdleRssBytes: 65 * 2 ** 20,
+        helperRotation: flat(5),
+        driverRotation: flat(3),
+      })),
+    },
+  };
+}
+
+test("each target is judged on the run's own baseline", () => {
+  const good = checkTargets(results({ driverP50: 11, rssAt250: 90 * 2 ** 20, rotationLast: 90 }));
+  const bad = checkTargets(results({ driverP50: 30, rssAt250: 130 * 2 ** 20, rotationLast: 300 }));
+  assert.equal(good.length, bad.length);
+  const met = (checks: typeof good, pattern: RegExp) => checks.find((check) => pattern.test(check.target))?.met;
+  assert.equal(met(good, /real SPIRE: publish p50 at 1 concurrent/), true);
+  assert.equal(met(bad, /real SPIRE: publish p50 at 1 concurrent/), false);
+  assert.equal(met(good, /rotation of 250 volumes/), true);
+  assert.equal(met(bad, /rotation of 250 volumes/), false);
+  assert.equal(met(bad, /no volume later than 250 ms/), false);
+  assert.equal(met(good, /RSS ≤ 120 MB/), true);
+  assert.equal(met(bad, /RSS ≤ 120 MB/), false);
+  assert.equal(met(good, /restart with 250 volumes/), true);
+  // 50 × 15 MB against 70 MB is 10.7× less, short of 20×.
+  assert.equal(met(good, /20× less memory/), false);
+  assert.match(good.find((check) => /20× less memory/.test(check.target))!.measured, /10\.7× less/);
+});
+
+test("the markdown report has every section and the SVG escapes text", () => {
+  const run = results({ driverP50: 11, rssAt250: 90 * 2 ** 20, rotationLast: 90 });
+  const markdown = renderMarkdown(run, checkTargets(run));
+  for (const heading of ["## Targets", "## Publish latency", "## Rotation fan-out", "## Restart", "## Memory and CPU", "## Side by side with spiffe-helper"]) {
+    assert.ok(markdown.includes(heading), heading);
+  }
+  assert.match(markdown, /\| 50 \| 750\.0 MB \| 70\.0 MB \| 10\.7× \| 15\.0 MB \/ 102 KB \|/);
+  const svg = renderSvg(run);
+  assert.match(svg, /^<svg xmlns="http:\/\/www\.w3\.org\/2000\/svg"/);
+  assert.ok(svg.trimEnd().endsWith("</svg>"));
+  assert.equal((svg.match(/<rect /g) ?? []).length, 1 + 6 * 2 + 2 + 3 * 2, "background + one bar per measured value");
+  assert.ok(svg.includes("test &lt;cpu&gt; &amp; co"));
+});
