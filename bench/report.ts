@@ -19,7 +19,14 @@ export interface BenchResults {
   mode: "quick" | "full";
   machine: { node: string; cpus: number; cpuModel: string; platform: string };
   versions: { driver: string; spire: string; spiffeHelper: string };
-  fakeAgent: { publish: PublishLatencyResult[]; footprint: Footprint; rotation: RotationFanoutResult; restart: RestartResult };
+  fakeAgent: {
+    publish: PublishLatencyResult[];
+    /** The same publishes with `--volume-backing directory`: no tmpfs mount. */
+    publishDirectoryBacking: PublishLatencyResult[];
+    footprint: Footprint;
+    rotation: RotationFanoutResult;
+    restart: RestartResult;
+  };
   spire: { publish: PublishLatencyResult[]; restart: RestartResult; peers: PeerComparisonRow[] };
 }
 
@@ -123,6 +130,13 @@ export function renderMarkdown(results: BenchResults, checks: readonly TargetChe
         `| ${agent} | ${level.concurrency} | ${spread(level.driver)} | ${spread(level.baseline)} | ${times(level.driver.p50 / level.baseline.p50)} | ${ms(level.driverWallMs)} | ${ms(level.baselineWallMs)} | ${times(level.driverWallMs / level.baselineWallMs)} |`,
       );
     }
+  }
+  lines.push("", "### Where publish time goes: tmpfs (default) against `--volume-backing directory` (fake agent)", "");
+  lines.push("| Concurrent | tmpfs p50 | directory p50 | tmpfs all done | directory all done | Bare agent all done (directory run) |", "|---|---|---|---|---|---|");
+  for (const level of results.fakeAgent.publishDirectoryBacking) {
+    const tmpfs = results.fakeAgent.publish.find((candidate) => candidate.concurrency === level.concurrency);
+    if (!tmpfs) continue;
+    lines.push(`| ${level.concurrency} | ${ms(tmpfs.driver.p50)} | ${ms(level.driver.p50)} | ${ms(tmpfs.driverWallMs)} | ${ms(level.driverWallMs)} | ${ms(level.baselineWallMs)} |`);
   }
   const rotation = results.fakeAgent.rotation;
   lines.push("", `## Rotation fan-out: one push re-issues ${rotation.volumes} SVIDs (fake agent)`, "");

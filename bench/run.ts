@@ -8,6 +8,7 @@ import { execFileSync } from "node:child_process";
 import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { cpus } from "node:os";
 import { join } from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
 import { parseArgs } from "node:util";
 import { fileURLToPath } from "node:url";
 import { startDriverNode, type DriverNode } from "../test/support/driver-node.js";
@@ -30,8 +31,8 @@ const { values: flags } = parseArgs({
 
 /** What a run does; --quick trades samples for time, never the scenario sizes. */
 const plan = flags.quick
-  ? { mode: "quick" as const, sequentialSamples: 20, bursts: 1, rotationRounds: 2, settleMs: 1_500, idleCpuWindowMs: 5_000 }
-  : { mode: "full" as const, sequentialSamples: 60, bursts: 3, rotationRounds: 5, settleMs: 3_000, idleCpuWindowMs: 15_000 };
+  ? { mode: "quick" as const, sequentialSamples: 20, bursts: 1, rotationRounds: 2, settleMs: 1_500, idleSettleMs: 5_000, idleCpuWindowMs: 5_000 }
+  : { mode: "full" as const, sequentialSamples: 60, bursts: 3, rotationRounds: 5, settleMs: 3_000, idleSettleMs: 10_000, idleCpuWindowMs: 15_000 };
 const concurrencies = [1, 110, 250];
 const volumesAtScale = 250;
 const peerCounts = [1, 10, 50];
@@ -39,9 +40,9 @@ const trustDomain = "example.org";
 
 const progress = (message: string) => process.stderr.write(`[bench] ${message}\n`);
 
-function startBenchNode(agentSocket: string): Promise<DriverNode> {
-  // Production settings: compiled code, tmpfs per volume, info logs.
-  return startDriverNode(agentSocket, { entry: "build", logLevel: "info", volumeBacking: "tmpfs", nodeId: benchNodeName }, "/tmp/scsi-bench-");
+/** Production settings (compiled code, the image's node flags, tmpfs per volume, info logs) unless `backing` says otherwise. */
+function startBenchNode(agentSocket: string, backing: "tmpfs" | "directory" = "tmpfs"): Promise<DriverNode> {
+  return startDriverNode(agentSocket, { entry: "build", logLevel: "info", volumeBacking: backing, nodeId: benchNodeName }, "/tmp/scsi-bench-");
 }
 
 async function benchFakeAgent(): Promise<BenchResults["fakeAgent"]> {
@@ -70,6 +71,8 @@ async function benchFakeAgent(): Promise<BenchResults["fakeAgent"]> {
       keepLastBurst: true,
     });
     progress(`fake agent: idle CPU with ${volumesAtScale} volumes over ${plan.idleCpuWindowMs} ms`);
+    // V8 runs a few memory-reducing GCs in the seconds after a burst; "idle" starts after them.
+    await sleep(plan.idleSettleMs);
     const idleCpuPercent = await cpuPercentOver(pid, plan.idleCpuWindowMs);
     const footprint: Footprint = {
       rssIdleBytes,
@@ -83,7 +86,19 @@ async function benchFakeAgent(): Promise<BenchResults["fakeAgent"]> {
     const rotation = await measureRotationFanout(agent, targets, plan.rotationRounds);
     progress(`fake agent: SIGKILL and restart with ${targets.length} volumes`);
     const restart = await measureRestart(node, targets);
-    return { publish, footprint, rotation, restart };
+    await node.close();
+    node = undefined;
+    progress("fake agent: publish latency with --volume-backing directory (what the tmpfs mount costs)");
+    node = await startBenchNode(agent.socketPath, "directory");
+    const publishDirectoryBacking = await measurePublishLatency({
+      node,
+      baseline: delegatedIdentityClient(agent.socketPath),
+      pods,
+      concurrencies: [1, volumesAtScale],
+      sequentialSamples: plan.sequentialSamples,
+      bursts: plan.bursts,
+    });
+    return { publish, publishDirectoryBacking, footprint, rotation, restart };
   } finally {
     await node?.close();
     await agent?.stop();

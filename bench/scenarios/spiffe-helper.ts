@@ -1,13 +1,13 @@
 import { spawn, type ChildProcess } from "node:child_process";
-import { createHash } from "node:crypto";
 import { once } from "node:events";
 import { access, chmod, chown, copyFile, mkdir, writeFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import type { DriverNode } from "../../test/support/driver-node.js";
-import { parseSelector, type SpireFixture } from "../../test/support/spire-fixture.js";
+import type { SpireFixture } from "../../test/support/spire-fixture.js";
 import { now } from "../clock.js";
 import { FileEvents, isSnapshotSwap } from "../file-events.js";
+import { RotationClock } from "../rotation-clock.js";
 import { residentBytes, settledResidentBytes } from "../process-usage.js";
 import { distribution, type Distribution } from "../stats.js";
 import { makePods, volumeName } from "../workload.js";
@@ -18,6 +18,8 @@ export const spiffeHelperVersion = "v0.11.0";
 const helperUid = 65534;
 /** Short-lived SVIDs, so the agent rotates them every few seconds while the bench waits. */
 const rotatingSvidTtlSeconds = 20;
+/** SPIRE rotates at half the TTL; this leaves room for a rotation that just missed its sync. */
+const rotationWaitMs = 4 * rotatingSvidTtlSeconds * 1000;
 /** A rotation's writes must land within this after the agent's push to be counted for it. */
 const rotationWindowMs = 5_000;
 /** Changes this close together belong to one write of the workload's files. */
@@ -67,8 +69,8 @@ export async function compareWithSpiffeHelper(options: PeerComparisonOptions): P
   const helperBinary = join(options.workDir, "spiffe-helper");
   await copyFile(options.helperBinary, helperBinary);
   await chmod(helperBinary, 0o755);
-  const helperRotations = new RotationClock(spire, helperSelectors);
-  const driverRotations = new RotationClock(spire, driverSelectors);
+  const helperRotations = new RotationClock(spire.adminSocket, helperSelectors);
+  const driverRotations = new RotationClock(spire.adminSocket, driverSelectors);
   const rows: PeerComparisonRow[] = [];
   try {
     for (const count of options.counts) {
@@ -84,7 +86,7 @@ export async function compareWithSpiffeHelper(options: PeerComparisonOptions): P
         for (const helper of helpers) events.watch(helper.certDir, (name) => helperFiles.has(name));
         for (const volume of volumes) events.watch(volume.targetPath, isSnapshotSwap);
         const armedAt = now();
-        const [helperPush, driverPush] = await Promise.all([helperRotations.next(armedAt), driverRotations.next(armedAt)]);
+        const [helperPush, driverPush] = await Promise.all([helperRotations.next(armedAt, rotationWaitMs), driverRotations.next(armedAt, rotationWaitMs)]);
         await sleep(rotationWindowMs);
         rows.push({
           workloads: count,
@@ -108,9 +110,9 @@ export async function compareWithSpiffeHelper(options: PeerComparisonOptions): P
 }
 
 /**
- * Per workload: the agent's push → its files written (the end of the first write burst). The push time is what a
- * reference subscriber saw, or the first write if a workload's write was observed earlier (the
- * reference's own event loop can lag behind the agent).
+ * Per workload: the agent's push → its files written (the end of the first write burst). The push
+ * time is what the reference subscriber saw, or the first write if one was observed earlier (the
+ * reference, too, is only told by the agent).
  */
 function rotationLatencies(events: FileEvents, dirs: readonly string[], pushedAt: number): Distribution {
   const since = Math.min(pushedAt, events.earliestAfter(pushedAt - 1_000) ?? pushedAt);
@@ -120,49 +122,6 @@ function rotationLatencies(events: FileEvents, dirs: readonly string[], pushedAt
     return written - since;
   });
   return distribution(latencies);
-}
-
-/** Watches one identity through a Delegated Identity subscription and records when its SVID changes. */
-class RotationClock {
-  private readonly abort = new AbortController();
-  private readonly changes: number[] = [];
-
-  constructor(spire: SpireFixture, selectors: readonly string[]) {
-    void this.follow(spire, selectors);
-  }
-
-  /** The first rotation after `since` (the initial SVID does not count). */
-  async next(since: number, timeoutMs = 4 * rotatingSvidTtlSeconds * 1000): Promise<number> {
-    const deadline = now() + timeoutMs;
-    for (;;) {
-      const change = this.changes.find((time) => time > since);
-      if (change !== undefined) return change;
-      if (now() > deadline) throw new Error(`no SVID rotation within ${timeoutMs} ms`);
-      await sleep(20);
-    }
-  }
-
-  close(): void {
-    this.abort.abort();
-  }
-
-  private async follow(spire: SpireFixture, selectors: readonly string[]): Promise<void> {
-    let current: string | undefined;
-    while (!this.abort.signal.aborted) {
-      try {
-        const stream = spire.client().subscribeToX509SVIDs({ selectors: selectors.map(parseSelector) }, { signal: this.abort.signal });
-        for await (const message of stream) {
-          const leaf = message.x509Svids[0]?.x509Svid?.certChain[0];
-          if (!leaf) continue;
-          const fingerprint = createHash("sha256").update(leaf).digest("hex");
-          if (current !== undefined && fingerprint !== current) this.changes.push(now());
-          current = fingerprint;
-        }
-      } catch {
-        await sleep(200).catch(() => undefined);
-      }
-    }
-  }
 }
 
 interface Helper {

@@ -1,6 +1,6 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { lstat, mkdtemp, readdir, rm, writeFile } from "node:fs/promises";
 import type { Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -116,10 +116,15 @@ class ShellWorker {
 export class MountRunner {
   private readonly workers: ShellWorker[] = [];
   private readonly queue: Job[] = [];
+  private swept = false;
 
   constructor(private readonly poolSize = 2) {}
 
   mount(request: MountRequest): Promise<void> {
+    if (!this.swept) {
+      this.swept = true;
+      void sweepStaleFstabDirs();
+    }
     return new Promise((resolve, reject) => {
       this.queue.push({ kind: "mount", request, resolve, reject });
       this.dispatch();
@@ -201,9 +206,23 @@ export class MountRunner {
   }
 }
 
+const fstabDirPrefix = "spire-csi-fstab-";
+/** A batch's fstab lives for milliseconds; a dir older than this was left by a killed driver. */
+const staleFstabDirMs = 60_000;
+
+/** Removes fstab dirs that killed processes left in the temp dir (best effort). */
+async function sweepStaleFstabDirs(): Promise<void> {
+  const root = tmpdir();
+  for (const name of await readdir(root).catch(() => [])) {
+    if (!name.startsWith(fstabDirPrefix)) continue;
+    const info = await lstat(join(root, name)).catch(() => undefined);
+    if (info?.isDirectory() && Date.now() - info.mtimeMs > staleFstabDirMs) await rm(join(root, name), { recursive: true, force: true }).catch(() => undefined);
+  }
+}
+
 /** One `mount -a` over an fstab of the requests; libmount wants a regular file, so it goes in a private temp dir. */
 async function mountAll(worker: ShellWorker, requests: readonly MountRequest[]): Promise<{ status: number; output: string }> {
-  const dir = await mkdtemp(join(tmpdir(), "spire-csi-fstab-"));
+  const dir = await mkdtemp(join(tmpdir(), fstabDirPrefix));
   try {
     const fstab = join(dir, "fstab");
     await writeFile(fstab, `${requests.map(fstabLine).join("\n")}\n`, { mode: 0o600 });

@@ -29,6 +29,7 @@ function results(overrides: { driverP50: number; rssAt250: number; rotationLast:
     versions: { driver: "0.1.0", spire: "v1.15.3", spiffeHelper: "v0.11.0" },
     fakeAgent: {
       publish,
+      publishDirectoryBacking: publish.filter((level) => level.concurrency !== 110),
       footprint: { rssIdleBytes: 60 * 2 ** 20, rssByVolumes: { 110: 70 * 2 ** 20, 250: overrides.rssAt250 }, marginalBytesPerVolume: (overrides.rssAt250 - 60 * 2 ** 20) / 250, idleCpuPercent: 0, idleCpuWindowMs: 5000 },
       rotation: { volumes: 250, driver: flat(overrides.rotationLast), floor: flat(50), driverLastMs: overrides.rotationLast, floorLastMs: 50 },
       restart,
@@ -69,7 +70,7 @@ test("each target is judged on the run's own baseline", () => {
 test("the markdown report has every section and the SVG escapes text", () => {
   const run = results({ driverP50: 11, rssAt250: 90 * 2 ** 20, rotationLast: 90 });
   const markdown = renderMarkdown(run, checkTargets(run));
-  for (const heading of ["## Targets", "## Publish latency", "## Rotation fan-out", "## Restart", "## Memory and CPU", "## Side by side with spiffe-helper"]) {
+  for (const heading of ["## Targets", "## Publish latency", "### Where publish time goes", "## Rotation fan-out", "## Restart", "## Memory and CPU", "## Side by side with spiffe-helper"]) {
     assert.ok(markdown.includes(heading), heading);
   }
   assert.match(markdown, /\| 50 \| 750\.0 MB \| 70\.0 MB \| 10\.7× \| 15\.0 MB \/ 102 KB \|/);

@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
-import { mkdir, mkdtemp, open, readFile, rm } from "node:fs/promises";
+import { mkdir, mkdtemp, open, readFile, rm, stat, utimes } from "node:fs/promises";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
 import { MountCommandError, MountRunner, shellQuote, type MountRequest } from "../../src/files/mount-runner.js";
@@ -123,3 +124,33 @@ test("a shell that dies is replaced for the next command", async () => {
     }
   });
 });
+
+test("fstab dirs left by a killed driver are swept; fresh ones are left alone", async () => {
+  await withDir(async (dir) => {
+    const stale = await mkdtemp(join(tmpdir(), "spire-csi-fstab-"));
+    const fresh = await mkdtemp(join(tmpdir(), "spire-csi-fstab-"));
+    const runner = new MountRunner(1);
+    try {
+      const twoMinutesAgo = new Date(Date.now() - 120_000);
+      await utimes(stale, twoMinutesAgo, twoMinutesAgo);
+      const target = join(dir, "t");
+      await mkdir(target);
+      await runner.mount(tmpfs(target));
+      // The sweep runs beside the first batch; give it a moment.
+      for (let attempt = 0; attempt < 50 && (await exists(stale)); attempt++) await new Promise((resolve) => setTimeout(resolve, 20));
+      assert.equal(await exists(stale), false);
+      assert.equal(await exists(fresh), true);
+    } finally {
+      runner.close();
+      await rm(stale, { recursive: true, force: true });
+      await rm(fresh, { recursive: true, force: true });
+    }
+  });
+});
+
+async function exists(path: string): Promise<boolean> {
+  return stat(path).then(
+    () => true,
+    () => false,
+  );
+}
