@@ -37,16 +37,6 @@ export class FileEvents {
     return this.times(dir).filter((time) => time >= first && time <= first + quietMs).pop();
   }
 
-  /** The earliest change among all dirs at or after `since`. */
-  earliestAfter(since: number): number | undefined {
-    let earliest: number | undefined;
-    for (const times of this.events.values()) {
-      const time = times.find((t) => t >= since);
-      if (time !== undefined && (earliest === undefined || time < earliest)) earliest = time;
-    }
-    return earliest;
-  }
-
   /** Waits until every dir has changed at or after `since`; returns the per-dir times. */
   async waitForAll(dirs: readonly string[], since: number, timeoutMs: number): Promise<number[]> {
     const deadline = now() + timeoutMs;

@@ -22,6 +22,8 @@ const rotatingSvidTtlSeconds = 20;
 const rotationWaitMs = 4 * rotatingSvidTtlSeconds * 1000;
 /** A rotation's writes must land within this after the agent's push to be counted for it. */
 const rotationWindowMs = 5_000;
+/** How much earlier than the reference subscriber a workload may see the same push. */
+const earlyWriteMs = 100;
 /** Changes this close together belong to one write of the workload's files. */
 const writeBurstMs = 200;
 const helperFiles = new Set(["svid.pem", "svid_key.pem", "svid_bundle.pem"]);
@@ -115,7 +117,8 @@ export async function compareWithSpiffeHelper(options: PeerComparisonOptions): P
  * reference, too, is only told by the agent).
  */
 function rotationLatencies(events: FileEvents, dirs: readonly string[], pushedAt: number): Distribution {
-  const since = Math.min(pushedAt, events.earliestAfter(pushedAt - 1_000) ?? pushedAt);
+  const earliestWrite = Math.min(...dirs.map((dir) => events.firstAfter(dir, pushedAt - earlyWriteMs) ?? pushedAt));
+  const since = Math.min(pushedAt, earliestWrite);
   const latencies = dirs.map((dir) => {
     const written = events.firstBurstEnd(dir, since, writeBurstMs);
     if (written === undefined || written > since + rotationWindowMs) throw new Error(`${dir} did not change within ${rotationWindowMs} ms of the agent's rotation`);

@@ -26,10 +26,10 @@ export interface AdoptionReport {
 }
 
 /**
- * The volume lifecycle: publish (record → target → stream → first snapshot), unpublish (stream →
- * files → record), and re-adoption of every recorded volume after a restart. Each volume's
- * operations are serialised; the metadata record is written before anything else exists and
- * deleted after everything else is gone, so a crash at any point leaves a record to act on.
+ * The volume lifecycle: publish (record, target and stream side by side → first snapshot),
+ * unpublish (stream → files → record), and re-adoption of every recorded volume after a restart.
+ * Each volume's operations are serialised; the record is down before any file is written and
+ * deleted after everything else is gone, so a crash never leaves files without a record.
  */
 export class VolumeManager {
   private readonly volumes = new Map<string, Volume>();
@@ -96,10 +96,14 @@ export class VolumeManager {
       observer.publishFinished(error instanceof DriverError ? error.code : "internal", (performance.now() - started) / 1000);
       throw error;
     });
-    // The agent subscription opens at once and runs alongside the record write and the mount
-    // (each a few ms); the volume holds its first write until the target is ready. Record, then
-    // mount, stays sequential: a crash at any point must leave a record to act on.
-    const targetReady = this.options.store.put(toRecord(spec)).then(() => prepareTarget(spec.targetPath, this.options.backing, spec.fsGroup));
+    // The agent subscription, the record write and the mount (each a few ms) run side by side; no
+    // file is written before the record is down and the target is ready. A crash after the mount
+    // but before the record leaves an empty tmpfs that kubelet acts on either way: its retried
+    // publish finds and reuses the mount, its unpublish removes a mount it finds without a record.
+    const targetReady = Promise.all([
+      this.options.store.put(toRecord(spec)),
+      prepareTarget(spec.targetPath, this.options.backing, spec.fsGroup),
+    ]).then(() => undefined);
     const volume = new Volume(spec, "publishing", this.options.volume, targetReady);
     try {
       this.volumes.set(spec.volumeId, volume);
