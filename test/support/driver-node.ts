@@ -32,6 +32,7 @@ export async function startDriverNode(agentSocket: string, options: Partial<Driv
   const kubeletRoot = join(dir, "kubelet");
   const metadataDir = join(dir, "meta");
   await mkdir(kubeletRoot);
+  await mkdir(join(dir, "tmp"));
   let driver: DriverProcess | undefined;
   let kubelet: KubeletSimulator | undefined;
   const close = async () => {
@@ -56,6 +57,7 @@ export async function startDriverNode(agentSocket: string, options: Partial<Driv
       kubeletRoot,
       metadataDir,
       logFile: join(dir, "driver.log"),
+      tmpDir: join(dir, "tmp"),
       ...options,
     });
     kubelet = new KubeletSimulator({ pluginSocket: join(dir, "csi.sock"), kubeletRoot, nodeName: "test-node" });

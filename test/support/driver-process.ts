@@ -30,6 +30,8 @@ export interface DriverProcessOptions {
   entry?: "source" | "build";
   /** Extra node flags, e.g. ["--cpu-prof"] to profile (written on a clean exit only). */
   nodeFlags?: string[];
+  /** The driver's TMPDIR (its mount batches' fstab files), so a killed driver leaves nothing elsewhere. */
+  tmpDir?: string;
   extraArgs?: string[];
 }
 
@@ -100,7 +102,8 @@ export class DriverProcess {
       ...(options.extraArgs ?? []),
     ];
     this.logStream ??= createWriteStream(options.logFile, { flags: "a" });
-    const child = spawn(process.execPath, args, { cwd: repoRoot, stdio: ["ignore", "pipe", "pipe"] });
+    const env = options.tmpDir === undefined ? process.env : { ...process.env, TMPDIR: options.tmpDir };
+    const child = spawn(process.execPath, args, { cwd: repoRoot, env, stdio: ["ignore", "pipe", "pipe"] });
     this.child = child;
     trackChild(child);
     let buffered = "";
