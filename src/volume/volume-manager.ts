@@ -100,10 +100,14 @@ export class VolumeManager {
     // file is written before the record is down and the target is ready. A crash after the mount
     // but before the record leaves an empty tmpfs that kubelet acts on either way: its retried
     // publish finds and reuses the mount, its unpublish removes a mount it finds without a record.
-    const targetReady = Promise.all([
+    // Both settle before a failure is reported, so the cleanup never races a mount still in flight.
+    const targetReady = Promise.allSettled([
       this.options.store.put(toRecord(spec)),
       prepareTarget(spec.targetPath, this.options.backing, spec.fsGroup),
-    ]).then(() => undefined);
+    ]).then((outcomes) => {
+      const failed = outcomes.find((outcome): outcome is PromiseRejectedResult => outcome.status === "rejected");
+      if (failed) throw failed.reason;
+    });
     const volume = new Volume(spec, "publishing", this.options.volume, targetReady);
     try {
       this.volumes.set(spec.volumeId, volume);
@@ -117,7 +121,11 @@ export class VolumeManager {
       await this.releaseTarget(spec.targetPath).catch((cleanupError: unknown) =>
         logger.error({ volumeId: spec.volumeId, err: cleanupError }, "cleaning up a failed publish failed"),
       );
-      await this.options.store.delete(spec.volumeId);
+      // The publish's own error is what kubelet must see; a record left behind is dropped at the
+      // next start, since kubelet removes the target after a final error.
+      await this.options.store.delete(spec.volumeId).catch((cleanupError: unknown) =>
+        logger.error({ volumeId: spec.volumeId, err: cleanupError }, "removing the record of a failed publish failed"),
+      );
       const failure = this.publishFailure(volume, error);
       observer.publishFinished(failure.code, (performance.now() - started) / 1000);
       throw failure;

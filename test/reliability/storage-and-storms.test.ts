@@ -1,7 +1,8 @@
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
 import { readdir, readFile, rm, writeFile } from "node:fs/promises";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
+import { Code } from "@connectrpc/connect";
 import { after, before, describe, test } from "node:test";
 import { promisify } from "node:util";
 import { readVolumeIdentity } from "../support/identity-files.js";
@@ -66,6 +67,28 @@ describe("storage faults and kubelet retry storms (tmpfs backing)", { timeout: 5
     const mark = fx.driver.logs.length;
     await fx.agent.rotate();
     await fx.driver.waitForLog((line) => line.msg === "identity files rotated" && line.volumeId === volume.volumeId, 5000, mark);
+    await fx.kubelet.unpublish(volume);
+  });
+
+  test("metadata dir read-only (EROFS): publish fails naming the record, leaves no mount and no record, works once writable", async () => {
+    // A read-only bind of the metadata dir over itself: the record write fails at once, while the
+    // target's tmpfs mount (started alongside it) is still in flight.
+    await run("mount", ["--bind", fx.metadataDir, fx.metadataDir]);
+    try {
+      await run("mount", ["-o", "remount,bind,ro", fx.metadataDir]);
+      for (let attempt = 0; attempt < 5; attempt++) {
+        const outcome = await fx.kubelet.tryPublish(podNumber(40 + attempt), "rofs", {}, { maxAttempts: 1 });
+        assert.equal(outcome.error?.code, Code.Internal, outcome.error?.message);
+        assert.match(outcome.error?.rawMessage ?? "", /writing the record of csi-[0-9a-f]+ failed/);
+        assert.equal(outcome.cleanupError, undefined, "kubelet could remove the target: nothing left mounted in it");
+        assert.deepEqual(await mountsUnder(dirname(outcome.targetPath)), [], "no tmpfs left behind");
+      }
+    } finally {
+      await run("umount", [fx.metadataDir]);
+    }
+    assert.deepEqual((await readdir(fx.metadataDir)).filter((name) => name.endsWith(".json")), []);
+    const volume = await fx.kubelet.publish(podNumber(45), "rofs");
+    await readVolumeIdentity(volume.targetPath);
     await fx.kubelet.unpublish(volume);
   });
 
