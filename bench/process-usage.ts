@@ -1,5 +1,5 @@
 import { execFileSync } from "node:child_process";
-import { readFile } from "node:fs/promises";
+import { readdir, readFile } from "node:fs/promises";
 import { setTimeout as sleep } from "node:timers/promises";
 
 /** Resident set size of a process in bytes, from /proc (VmRSS). */
@@ -34,8 +34,20 @@ export async function cpuPercentOver(pid: number, windowMs: number): Promise<num
   return (used / ((performance.now() - started) / 1000)) * 100;
 }
 
-/** RSS after letting the process settle, so a just-finished burst's garbage is not counted as resident cost. */
+/** A process and all its descendants (the driver's mount shells count as the driver's memory). */
+async function processTree(pid: number): Promise<number[]> {
+  const tasks = await readdir(`/proc/${pid}/task`).catch(() => [] as string[]);
+  const children = await Promise.all(tasks.map(async (tid) => (await readFile(`/proc/${pid}/task/${tid}/children`, "utf8").catch(() => "")).split(" ").filter(Boolean).map(Number)));
+  const descendants = await Promise.all([...new Set(children.flat())].map(processTree));
+  return [pid, ...descendants.flat()];
+}
+
+/**
+ * RSS of a process and its descendants after letting them settle, so a just-finished burst's
+ * garbage is not counted as resident cost.
+ */
 export async function settledResidentBytes(pid: number, settleMs: number): Promise<number> {
   await sleep(settleMs);
-  return residentBytes(pid);
+  const sizes = await Promise.all((await processTree(pid)).map((member) => residentBytes(member).catch(() => 0)));
+  return sizes.reduce((total, size) => total + size, 0);
 }

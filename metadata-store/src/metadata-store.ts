@@ -143,20 +143,21 @@ export class MetadataStore {
     } catch (error) {
       throw ioError(`listing ${this.dir} failed`, error);
     }
-    // Entries are read concurrently (a node holds hundreds after a restart) and reported in name order.
-    const outcomes = await Promise.all(
-      names.map(async (name): Promise<ReadOutcome | undefined> => {
-        if (name.endsWith(recordSuffix)) return this.lockedByFileName(name, () => this.read(name));
-        const temp = tempFilePattern.exec(name);
-        if (temp?.[1] !== undefined) await this.lockedByFileName(`${temp[1]}${recordSuffix}`, () => this.sweepTempFile(name));
-        return undefined;
-      }),
-    );
+    // Entries are read a few dozen at a time (a node holds hundreds after a restart; one at a time
+    // kept every pod waiting, all at once could run out of file descriptors) and reported in name
+    // order. All reads finish before a failure is thrown, so none is still moving files after.
+    const settled = await settleWithLimit(names, listConcurrency, async (name): Promise<ReadOutcome | undefined> => {
+      if (name.endsWith(recordSuffix)) return this.lockedByFileName(name, () => this.read(name));
+      const temp = tempFilePattern.exec(name);
+      if (temp?.[1] !== undefined) await this.lockedByFileName(`${temp[1]}${recordSuffix}`, () => this.sweepTempFile(name));
+      return undefined;
+    });
     const records: VolumeRecord[] = [];
     const quarantined: QuarantinedRecord[] = [];
-    for (const outcome of outcomes) {
-      if (outcome?.kind === "record") records.push(outcome.record);
-      else if (outcome?.kind === "quarantined") quarantined.push(outcome.quarantined);
+    for (const outcome of settled) {
+      if (outcome.status === "rejected") throw outcome.reason;
+      if (outcome.value?.kind === "record") records.push(outcome.value.record);
+      else if (outcome.value?.kind === "quarantined") quarantined.push(outcome.value.quarantined);
     }
     return { records, quarantined };
   }
@@ -294,4 +295,24 @@ function messageOf(error: unknown): string {
 
 function ioError(what: string, error: unknown): MetadataStoreError {
   return new MetadataStoreError("io", `${what}: ${messageOf(error)}`, { cause: error });
+}
+
+const listConcurrency = 32;
+
+/** Promise.allSettled over `items` with at most `limit` calls in flight; results in input order. */
+async function settleWithLimit<T, R>(items: readonly T[], limit: number, call: (item: T) => Promise<R>): Promise<PromiseSettledResult<R>[]> {
+  const results: PromiseSettledResult<R>[] = new Array(items.length);
+  let next = 0;
+  const worker = async () => {
+    while (next < items.length) {
+      const index = next++;
+      try {
+        results[index] = { status: "fulfilled", value: await call(items[index]!) };
+      } catch (reason) {
+        results[index] = { status: "rejected", reason };
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+  return results;
 }

@@ -37,38 +37,45 @@ class ShellWorker {
   private current: { resolve(result: { status: number; output: string }): void; reject(error: Error): void } | undefined;
   private timer: NodeJS.Timeout | undefined;
   dead = false;
-
-  constructor() {
-    this.child = spawn("/bin/sh", [], { stdio: ["pipe", "pipe", "ignore"], env: { PATH: process.env.PATH ?? "/usr/sbin:/usr/bin:/sbin:/bin", LC_ALL: "C" } });
-    this.child.stdout!.setEncoding("utf8");
-    this.child.stdout!.on("data", (chunk: string) => this.onOutput(chunk));
-    this.child.stdin!.on("error", () => undefined);
-    this.child.once("error", (error) => this.fail(new MountCommandError(`cannot run /bin/sh for mount commands: ${error.message}`)));
-    this.child.once("exit", (code, signal) => this.fail(new MountCommandError(`the mount shell exited (${signal ?? code})`)));
-    this.setRef(false);
-  }
-
   /** Taken by the runner for a whole batch, including the work before and after its command. */
   busy = false;
 
+  constructor() {
+    // Its own process group, so a timeout or a dead shell takes any mount(8) it started with it.
+    this.child = spawn("/bin/sh", [], {
+      stdio: ["pipe", "pipe", "ignore"],
+      detached: true,
+      env: { PATH: process.env.PATH ?? "/usr/sbin:/usr/bin:/sbin:/bin", LC_ALL: "C" },
+    });
+    this.child.once("error", (error) => this.fail(new MountCommandError(`cannot run /bin/sh for mount commands: ${error.message}`)));
+    this.child.once("exit", (code, signal) => this.fail(new MountCommandError(`the mount shell exited (${signal ?? code})`)));
+    const { stdin, stdout } = this.child;
+    if (!stdin || !stdout) {
+      // spawn failed before setting up the pipes (e.g. EMFILE); its "error" event follows.
+      this.dead = true;
+      return;
+    }
+    stdout.setEncoding("utf8");
+    stdout.on("data", (chunk: string) => this.onOutput(chunk));
+    stdin.on("error", () => undefined);
+    this.setRef(false);
+  }
+
   /** Runs `command` (one shell line, its output merged into stdout); resolves with its exit status and output. */
   run(command: string): Promise<{ status: number; output: string }> {
+    if (this.dead) return Promise.reject(new MountCommandError("the mount shell is gone"));
     return new Promise((resolve, reject) => {
       this.current = { resolve, reject };
       this.output = "";
       this.setRef(true);
-      this.timer = setTimeout(() => {
-        this.fail(new MountCommandError(`${command} did not finish within ${batchTimeoutMs / 1000}s`));
-        this.child.kill("SIGKILL");
-      }, batchTimeoutMs);
+      this.timer = setTimeout(() => this.fail(new MountCommandError(`${command} did not finish within ${batchTimeoutMs / 1000}s`)), batchTimeoutMs);
       this.child.stdin!.write(`${command} 2>&1 </dev/null; status=$?; echo; echo "${this.marker} $status"\n`);
     });
   }
 
   stop(): void {
-    this.dead = true;
-    this.child.stdin!.end();
-    this.child.kill("SIGKILL");
+    this.child.stdin?.end();
+    this.fail(new MountCommandError("the mount runner was closed"));
   }
 
   private onOutput(chunk: string): void {
@@ -82,10 +89,20 @@ class ShellWorker {
   }
 
   private fail(error: Error): void {
+    if (!this.dead) this.killGroup();
     this.dead = true;
     const current = this.current;
     this.finish();
     current?.reject(error);
+  }
+
+  private killGroup(): void {
+    if (this.child.pid === undefined) return;
+    try {
+      process.kill(-this.child.pid, "SIGKILL");
+    } catch {
+      // Already gone.
+    }
   }
 
   private finish(): void {
@@ -97,7 +114,7 @@ class ShellWorker {
 
   /** An idle shell must not keep the driver (or a test) alive. */
   private setRef(active: boolean): void {
-    for (const handle of [this.child, this.child.stdin as unknown as Socket, this.child.stdout as unknown as Socket]) {
+    for (const handle of [this.child, this.child.stdin as Socket | null, this.child.stdout as Socket | null]) {
       if (active) handle?.ref?.();
       else handle?.unref?.();
     }
@@ -117,6 +134,7 @@ export class MountRunner {
   private readonly workers: ShellWorker[] = [];
   private readonly queue: Job[] = [];
   private swept = false;
+  private closed = false;
 
   constructor(private readonly poolSize = 2) {}
 
@@ -138,12 +156,19 @@ export class MountRunner {
     });
   }
 
+  /** Stops the shells; queued and later requests are rejected. */
   close(): void {
+    this.closed = true;
     for (const worker of this.workers) worker.stop();
     this.workers.length = 0;
+    for (const job of this.queue.splice(0)) job.reject(new MountCommandError("the mount runner was closed"));
   }
 
   private dispatch(): void {
+    if (this.closed) {
+      for (const job of this.queue.splice(0)) job.reject(new MountCommandError("the mount runner was closed"));
+      return;
+    }
     for (let index = this.workers.length - 1; index >= 0; index--) {
       if (this.workers[index]!.dead) this.workers.splice(index, 1);
     }
@@ -170,15 +195,15 @@ export class MountRunner {
   }
 
   private async runBatch(worker: ShellWorker, batch: Job[]): Promise<void> {
-    let result: { status: number; output: string };
+    let result: { status: number | string; output: string };
     try {
       result =
         batch[0]!.kind === "mount"
           ? await mountAll(worker, batch.map((job) => (job as Extract<Job, { kind: "mount" }>).request))
           : await worker.run(["umount", ...batch.map((job) => shellQuote((job as Extract<Job, { kind: "umount" }>).target))].join(" "));
     } catch (error) {
-      for (const job of batch) job.reject(error as Error);
-      return;
+      // The shell (and any mount(8) it ran) is gone; the mount table still tells what was done.
+      result = { status: "none", output: (error as Error).message };
     }
     let mounted: Set<string>;
     try {

@@ -11,9 +11,10 @@ export async function resolvedPath(path: string): Promise<string | undefined> {
   return realpath(path).catch(() => undefined);
 }
 
-export async function isMountPoint(path: string): Promise<boolean> {
+/** Whether `path` is a mount point; `table` (from readMountPoints) spares re-reading the mount table for many paths. */
+export async function isMountPoint(path: string, table?: ReadonlySet<string>): Promise<boolean> {
   const resolved = await resolvedPath(path);
-  return resolved !== undefined && (await readMountPoints()).has(resolved);
+  return resolved !== undefined && (table ?? (await readMountPoints())).has(resolved);
 }
 
 /** mountinfo and fstab escape space, tab, newline and backslash as octal (\040 ...). */
@@ -21,7 +22,7 @@ function decodeMountPath(field: string): string {
   return field.replace(/\\([0-7]{3})/g, (_, octal: string) => String.fromCharCode(parseInt(octal, 8)));
 }
 
-/** The inverse of decodeMountPath, for writing an fstab field. */
+/** The inverse of decodeMountPath, for writing an fstab field: libmount unescapes exactly these four. */
 export function encodeMountField(value: string): string {
-  return value.replace(/[\s\\]/g, (char) => `\\${char.charCodeAt(0).toString(8).padStart(3, "0")}`);
+  return value.replace(/[ \t\n\\]/g, (char) => `\\${char.charCodeAt(0).toString(8).padStart(3, "0")}`);
 }

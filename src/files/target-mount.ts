@@ -14,7 +14,7 @@ export type VolumeBacking = { kind: "tmpfs"; size: string } | { kind: "directory
  * mounts a size-limited tmpfs on it so keys live in memory only. The mount is made in the host
  * mount namespace (the DaemonSet uses Bidirectional propagation), so it outlives the driver.
  */
-export async function prepareTarget(targetPath: string, backing: VolumeBacking, gid: number | undefined): Promise<void> {
+export async function prepareTarget(targetPath: string, backing: VolumeBacking, gid: number | undefined, mountTable?: ReadonlySet<string>): Promise<void> {
   const mode = gid === undefined ? 0o755 : 0o750;
   await requireRealDir(dirname(targetPath), "its parent dir (kubelet creates it before publishing)");
   const created = await mkdir(targetPath, { mode }).then(
@@ -29,7 +29,7 @@ export async function prepareTarget(targetPath: string, backing: VolumeBacking, 
   await requireRealDir(targetPath, "the target");
   // A dir made just now cannot be a mount point; reading the mount table (one line per mount on
   // the node) is left for retries and re-adoption.
-  if (backing.kind === "tmpfs" && (created || !(await isMountPoint(targetPath)))) {
+  if (backing.kind === "tmpfs" && (created || !(await isMountPoint(targetPath, mountTable)))) {
     const options = [`size=${backing.size}`, `mode=${mode.toString(8)}`, "nosuid", "nodev", "noexec"];
     if (gid !== undefined) options.push(`gid=${gid}`);
     await mountCommands.mount({ source: "tmpfs", target: targetPath, fsType: "tmpfs", options });

@@ -3,7 +3,7 @@ import type { Logger } from "pino";
 import type { MetadataStore, VolumeRecord } from "@spire-csi-driver/metadata-store";
 import { DriverError } from "../errors.js";
 import { clearSnapshots, hasSnapshot } from "../files/atomic-snapshot.js";
-import { isMountPoint } from "../files/mount-table.js";
+import { isMountPoint, readMountPoints } from "../files/mount-table.js";
 import { checkTarget, prepareTarget, unmountTarget, type VolumeBacking } from "../files/target-mount.js";
 import { parseVolumeAttributes } from "./volume-attributes.js";
 import { KeyedMutex } from "./keyed-mutex.js";
@@ -182,8 +182,10 @@ export class VolumeManager {
     const { records, quarantined } = await this.options.store.list();
     const report: AdoptionReport = { adopted: 0, removedStale: 0, quarantined: quarantined.length };
     // Records are independent: checking hundreds one after another would keep every pod waiting
-    // for its rewrite behind the disk round trips of all the others.
-    const outcomes = await Promise.all(records.map((record) => this.adopt(record)));
+    // for its rewrite behind the disk round trips of all the others. One read of the mount table
+    // serves them all.
+    const mountTable = await readMountPoints();
+    const outcomes = await Promise.all(records.map((record) => this.adopt(record, mountTable)));
     for (const outcome of outcomes) {
       if (outcome === "adopted") report.adopted += 1;
       if (outcome === "removed-stale") report.removedStale += 1;
@@ -192,17 +194,22 @@ export class VolumeManager {
     return report;
   }
 
-  private async adopt(record: VolumeRecord): Promise<"adopted" | "removed-stale" | "left-for-next-start"> {
+  private async adopt(record: VolumeRecord, mountTable: ReadonlySet<string>): Promise<"adopted" | "removed-stale" | "left-for-next-start"> {
     const logger = this.options.logger.child({ volumeId: record.volumeId });
     if (!(await exists(record.targetPath))) {
-      await this.options.store.delete(record.volumeId);
+      try {
+        await this.options.store.delete(record.volumeId);
+      } catch (error) {
+        logger.error({ reason: (error as Error).message }, "target is gone but its record could not be dropped; trying again at the next start");
+        return "left-for-next-start";
+      }
       logger.info({ targetPath: record.targetPath }, "target is gone; dropped the volume's record");
       return "removed-stale";
     }
     let spec: VolumeSpec;
     try {
       spec = fromRecord(record);
-      await prepareTarget(spec.targetPath, this.options.backing, spec.fsGroup);
+      await prepareTarget(spec.targetPath, this.options.backing, spec.fsGroup, mountTable);
     } catch (error) {
       logger.error({ reason: (error as Error).message }, "cannot re-adopt volume; leaving its record for the next start");
       return "left-for-next-start";

@@ -1,10 +1,10 @@
 import "reflect-metadata";
 import assert from "node:assert/strict";
-import { X509Certificate, webcrypto } from "node:crypto";
+import { createPrivateKey, X509Certificate, webcrypto } from "node:crypto";
 import { test } from "node:test";
 import * as x509 from "@peculiar/x509";
 import { keyMatchesCertificate } from "../../src/spire/key-match.js";
-import { readDerElement, splitDerCertificates } from "../../src/spire/der.js";
+import { derChildren, readDerElement, splitDerCertificates } from "../../src/spire/der.js";
 
 type Algorithm = webcrypto.EcKeyGenParams | webcrypto.RsaHashedKeyGenParams;
 
@@ -64,6 +64,38 @@ test("an EC key whose private scalar was altered no longer matches, and garbage 
   assert.throws(() => keyMatchesCertificate(leaf, certDer, new Uint8Array(0)));
 });
 
+test("an EC key whose embedded public point is not its own does not match", async () => {
+  const own = await keyAndCert(algorithms["EC P-256"]!);
+  const other = await keyAndCert(algorithms["EC P-256"]!);
+  const ownPoint = embeddedPoint(own.keyDer);
+  const otherPoint = embeddedPoint(other.keyDer);
+  const swapped = Uint8Array.from(own.keyDer);
+  swapped.set(other.keyDer.subarray(otherPoint.start, otherPoint.end), ownPoint.start);
+  assert.equal(keyMatchesCertificate(new X509Certificate(own.certDer), own.certDer, swapped), false);
+});
+
+test("the fast path never accepts a key that OpenSSL's own check rejects (every single-bit flip)", async () => {
+  const { certDer, keyDer } = await keyAndCert(algorithms["EC P-256"]!);
+  const leaf = new X509Certificate(certDer);
+  const accepts = (check: () => boolean) => {
+    try {
+      return check();
+    } catch {
+      return false;
+    }
+  };
+  const openSsl = (key: Uint8Array) => leaf.checkPrivateKey(createPrivateKey({ key: Buffer.from(key), format: "der", type: "pkcs8" }));
+  for (let offset = 0; offset < keyDer.length; offset++) {
+    for (let bit = 0; bit < 8; bit++) {
+      const mutated = Uint8Array.from(keyDer);
+      mutated[offset]! ^= 1 << bit;
+      if (accepts(() => keyMatchesCertificate(leaf, certDer, mutated))) {
+        assert.ok(accepts(() => openSsl(mutated)), `byte ${offset} bit ${bit}: accepted by the fast path, rejected by OpenSSL`);
+      }
+    }
+  }
+});
+
 test("DER reading rejects truncated elements and splits certificate runs", async () => {
   const a = await keyAndCert(algorithms["EC P-256"]!);
   const b = await keyAndCert(algorithms["EC P-256"]!);
@@ -85,4 +117,14 @@ function findScalarEnd(pkcs8: Uint8Array, end: number): number {
   offset = ecKey.contentStart;
   const ecVersion = readDerElement(pkcs8, offset, ecKey.end);
   return readDerElement(pkcs8, ecVersion.end, ecKey.end).end;
+}
+
+/** The byte range of the uncompressed point in the key's [1] publicKey. */
+function embeddedPoint(pkcs8: Uint8Array): { start: number; end: number } {
+  const [, , privateKey] = derChildren(pkcs8, readDerElement(pkcs8, 0));
+  const element = readDerElement(pkcs8, privateKey!.contentStart, privateKey!.end);
+  const publicKey = derChildren(pkcs8, element).find((field) => field.tag === 0xa1);
+  assert.ok(publicKey, "the key carries its public point");
+  const bits = derChildren(pkcs8, publicKey)[0]!;
+  return { start: bits.contentStart + 1, end: bits.end };
 }

@@ -30,6 +30,7 @@ test("shell quoting keeps every byte of an argument literal", () => {
 
 test("fstab fields escape blanks and backslashes as octal", () => {
   assert.equal(encodeMountField("/a b\tc\nd\\e"), "/a\\040b\\011c\\012d\\134e");
+  assert.equal(encodeMountField("/caf\u00e9\u00a0x"), "/caf\u00e9\u00a0x", "other characters stay as they are (UTF-8 in the file)");
 });
 
 test("mount and unmount, with paths that need quoting and escaping", async () => {
@@ -122,6 +123,21 @@ test("a shell that dies is replaced for the next command", async () => {
     } finally {
       runner.close();
     }
+  });
+});
+
+test("a closed runner rejects what is queued and what comes later", async () => {
+  await withDir(async (dir) => {
+    const runner = new MountRunner(1);
+    const targets = [join(dir, "a"), join(dir, "b")];
+    await Promise.all(targets.map((target) => mkdir(target)));
+    const first = runner.mount(tmpfs(targets[0]!));
+    const queued = runner.mount(tmpfs(targets[1]!));
+    runner.close();
+    await assert.rejects(queued, /closed/);
+    await first.catch(() => undefined);
+    await assert.rejects(runner.mount(tmpfs(targets[1]!)), /closed/);
+    assert.equal(await isMountPoint(targets[1]!), false);
   });
 });
 
