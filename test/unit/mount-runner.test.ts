@@ -126,6 +126,31 @@ test("a shell that dies is replaced for the next command", async () => {
   });
 });
 
+test("a command for a shell that just died fails at once from the mount table, and the next one gets a new shell", { timeout: 15_000 }, async () => {
+  await withDir(async (dir) => {
+    const runner = new MountRunner(1);
+    try {
+      const first = join(dir, "first");
+      const second = join(dir, "second");
+      await Promise.all([mkdir(first), mkdir(second)]);
+      await runner.mount(tmpfs(first));
+      const shells = execFileSync("pgrep", ["-P", String(process.pid), "-x", "sh"], { encoding: "utf8" }).trim().split("\n");
+      for (const pid of shells) process.kill(Number(pid), "SIGKILL");
+      // No pause: the runner has not seen the exit yet and hands this mount to the dead shell.
+      await assert.rejects(runner.mount(tmpfs(second)), (error: unknown) => {
+        assert.ok(error instanceof MountCommandError);
+        assert.match(error.message, /^mounting tmpfs on .*second failed \(exit none\): the mount shell (is gone|exited)/);
+        return true;
+      });
+      assert.equal(await isMountPoint(second), false);
+      await runner.mount(tmpfs(second));
+      assert.equal(await isMountPoint(second), true);
+    } finally {
+      runner.close();
+    }
+  });
+});
+
 test("a closed runner rejects what is queued and what comes later", async () => {
   await withDir(async (dir) => {
     const runner = new MountRunner(1);
