@@ -2,7 +2,8 @@
 # Builds the real peers the e2e suite and benchmarks run against (SPIRE server/agent,
 # csi-sanity, spiffe-helper) with `go build` through the Go module proxy, into a cache outside
 # the clone keyed by version (bin/<name>-<version>), so a fresh clone on the same machine reuses
-# them. Usage: build-peers.sh [peer...] (default: all four). Progress goes to stderr; the bin
+# them. Usage: build-peers.sh [peer...] (default: SPIRE, csi-sanity, spiffe-helper; `kubernetes` builds
+# kube-apiserver, kubelet and kubectl for the real-node suite). Progress goes to stderr; the bin
 # directory is the last line of stdout. Env: SPIRE_CSI_PEER_CACHE overrides the cache root.
 set -euo pipefail
 
@@ -11,6 +12,9 @@ SPIRE_VERSION="${SPIRE_VERSION:-v1.15.3}"
 # landed after it, in master 2f1e2f2a, and is part of v5.6.0; the proxy serves tags, not bare commits).
 CSI_TEST_VERSION="${CSI_TEST_VERSION:-v5.6.0}"
 SPIFFE_HELPER_VERSION="${SPIFFE_HELPER_VERSION:-v0.11.0}"
+# kube-apiserver, kubelet and kubectl for the real-node suite (1.34 is the newest kubelet that runs
+# on cgroup v1 without failCgroupV1: false; see docs/real-node.md).
+KUBERNETES_VERSION="${KUBERNETES_VERSION:-v1.34.4}"
 
 cache_root="${SPIRE_CSI_PEER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/spire-csi-driver/peers}"
 bin_dir="$cache_root/bin"
@@ -76,6 +80,62 @@ install_peer() {
   say "$name $version built at $target in $((SECONDS - started)) s"
 }
 
+# k8s.io/kubernetes replaces each of its staging modules (k8s.io/api, client-go, kubelet, ...) with
+# ./staging/src/...; a module that requires it must replace each one with the published v0.X.Y
+# instead. The list comes from kubernetes' own go.mod. kube-apiserver, kubelet and kubectl are
+# built in one go build (shared packages compile once; a cold build takes about 15 min on 2 cores).
+install_kubernetes() {
+  local version="$KUBERNETES_VERSION" names="kube-apiserver kubelet kubectl" name missing=""
+  for name in $names; do [ -x "$bin_dir/$name-$version" ] || missing=1; done
+  if [ -z "$missing" ]; then
+    say "kubernetes $version (kube-apiserver, kubelet, kubectl) cached in $bin_dir"
+    return
+  fi
+  require_go "kubernetes $version"
+  local work="$cache_root/build/kubernetes-$version" lock_fd
+  mkdir -p "$cache_root/build"
+  exec {lock_fd}>"$cache_root/build/kubernetes-$version.lock"
+  if command -v flock >/dev/null 2>&1 && ! flock -n "$lock_fd"; then
+    say "waiting for another build of kubernetes $version to finish"
+    flock "$lock_fd"
+  fi
+  missing=""
+  for name in $names; do [ -x "$bin_dir/$name-$version" ] || missing=1; done
+  if [ -z "$missing" ]; then exec {lock_fd}>&-; return; fi
+  local gomod
+  gomod="$(go mod download -json "k8s.io/kubernetes@$version" | sed -n 's/^\t"GoMod": "\(.*\)",$/\1/p')"
+  if [ -z "$gomod" ] || [ ! -f "$gomod" ]; then
+    say "FAILED to download k8s.io/kubernetes@$version through the Go module proxy"
+    exit 1
+  fi
+  local staging_version="v0.${version#v1.}"
+  rm -rf "$work"
+  mkdir -p "$work/out"
+  {
+    echo "module spire-csi-driver.local/build/kubernetes"
+    echo
+    echo "go $(go env GOVERSION | sed 's/^go//')"
+    echo
+    echo "require k8s.io/kubernetes $version"
+    sed -n 's#^[[:space:]]*\(k8s\.io/[^ ]*\) => \./staging/.*#\1#p' "$gomod" | while read -r module; do
+      echo "replace $module => $module $staging_version"
+    done
+  } > "$work/go.mod"
+  say "building kubernetes $version (kube-apiserver, kubelet, kubectl); a cold build takes about 15 min"
+  local pkg="k8s.io/component-base/version" started=$SECONDS minor="${version#v1.}"
+  minor="${minor%%.*}"
+  local ldflags="-s -w -X $pkg.gitVersion=$version -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor -X $pkg.gitTreeState=clean"
+  if ! (cd "$work" && CGO_ENABLED=0 GOFLAGS=-mod=mod go build -trimpath -ldflags "$ldflags" -o out/ \
+      k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kubectl >&2); then
+    say "FAILED to build kubernetes $version (wrapper module: $work/go.mod)"
+    exit 1
+  fi
+  for name in $names; do mv "$work/out/$name" "$bin_dir/$name-$version"; done
+  rm -rf "$work/out"
+  exec {lock_fd}>&-
+  say "kubernetes $version built in $((SECONDS - started)) s"
+}
+
 # SPIRE v1.15.3 requires ejbca-go-client-sdk v1.1.0, whose zip the module proxy refuses (403); v1.0.2
 # is served and has the API SPIRE's (unused here) EJBCA upstream-authority plugin compiles against.
 # All SPIRE code stays v1.15.3 (`go version -m <binary>` shows the replacement).
@@ -92,7 +152,8 @@ for peer in $want; do
     spire-agent) PEER_LDFLAGS="$spire_ldflags" install_peer spire-agent "$SPIRE_VERSION" 0 github.com/spiffe/spire github.com/spiffe/spire/cmd/spire-agent "$spire_replace" ;;
     csi-sanity) PEER_LDFLAGS="$sanity_ldflags" install_peer csi-sanity "$CSI_TEST_VERSION" 0 github.com/kubernetes-csi/csi-test/v5 github.com/kubernetes-csi/csi-test/v5/cmd/csi-sanity ;;
     spiffe-helper) PEER_LDFLAGS="$helper_ldflags" install_peer spiffe-helper "$SPIFFE_HELPER_VERSION" 0 github.com/spiffe/spiffe-helper github.com/spiffe/spiffe-helper/cmd/spiffe-helper ;;
-    *) say "unknown peer '$peer' (known: spire-server spire-agent csi-sanity spiffe-helper)"; exit 2 ;;
+    kubernetes) install_kubernetes ;;
+    *) say "unknown peer '$peer' (known: spire-server spire-agent csi-sanity spiffe-helper kubernetes)"; exit 2 ;;
   esac
 done
 echo "$bin_dir"
