@@ -3,7 +3,7 @@
 # csi-sanity, spiffe-helper) with `go build` through the Go module proxy, into a cache outside
 # the clone keyed by version (bin/<name>-<version>), so a fresh clone on the same machine reuses
 # them. Usage: build-peers.sh [peer...] (default: SPIRE, csi-sanity, spiffe-helper; `kubernetes` builds
-# kube-apiserver, kubelet and kubectl for the real-node suite). Progress goes to stderr; the bin
+# kube-apiserver, kube-controller-manager, kube-scheduler, kubelet and kubectl for the real-node suite). Progress goes to stderr; the bin
 # directory is the last line of stdout. Env: SPIRE_CSI_PEER_CACHE overrides the cache root.
 set -euo pipefail
 
@@ -12,7 +12,8 @@ SPIRE_VERSION="${SPIRE_VERSION:-v1.15.3}"
 # landed after it, in master 2f1e2f2a, and is part of v5.6.0; the proxy serves tags, not bare commits).
 CSI_TEST_VERSION="${CSI_TEST_VERSION:-v5.6.0}"
 SPIFFE_HELPER_VERSION="${SPIFFE_HELPER_VERSION:-v0.11.0}"
-# kube-apiserver, kubelet and kubectl for the real-node suite (1.34 is the newest kubelet that runs
+# kube-apiserver, kube-controller-manager, kube-scheduler, kubelet and kubectl for the real-node
+# suite (a DaemonSet needs its controller and the scheduler to get a pod; 1.34 is the newest kubelet that runs
 # on cgroup v1 without failCgroupV1: false; see docs/real-node.md).
 KUBERNETES_VERSION="${KUBERNETES_VERSION:-v1.34.4}"
 
@@ -82,13 +83,13 @@ install_peer() {
 
 # k8s.io/kubernetes replaces each of its staging modules (k8s.io/api, client-go, kubelet, ...) with
 # ./staging/src/...; a module that requires it must replace each one with the published v0.X.Y
-# instead. The list comes from kubernetes' own go.mod. kube-apiserver, kubelet and kubectl are
+# instead. The list comes from kubernetes' own go.mod. The control plane, kubelet and kubectl are
 # built in one go build (shared packages compile once; a cold build takes about 15 min on 2 cores).
 install_kubernetes() {
-  local version="$KUBERNETES_VERSION" names="kube-apiserver kubelet kubectl" name missing=""
+  local version="$KUBERNETES_VERSION" names="kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl" name missing=""
   for name in $names; do [ -x "$bin_dir/$name-$version" ] || missing=1; done
   if [ -z "$missing" ]; then
-    say "kubernetes $version (kube-apiserver, kubelet, kubectl) cached in $bin_dir"
+    say "kubernetes $version ($names) cached in $bin_dir"
     return
   fi
   require_go "kubernetes $version"
@@ -121,12 +122,13 @@ install_kubernetes() {
       echo "replace $module => $module $staging_version"
     done
   } > "$work/go.mod"
-  say "building kubernetes $version (kube-apiserver, kubelet, kubectl); a cold build takes about 15 min"
+  say "building kubernetes $version ($names); a cold build takes about 20 min"
   local pkg="k8s.io/component-base/version" started=$SECONDS minor="${version#v1.}"
   minor="${minor%%.*}"
   local ldflags="-s -w -X $pkg.gitVersion=$version -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor -X $pkg.gitTreeState=clean"
   if ! (cd "$work" && CGO_ENABLED=0 GOFLAGS=-mod=mod go build -trimpath -ldflags "$ldflags" -o out/ \
-      k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kubectl >&2); then
+      k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
+      k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kubectl >&2); then
     say "FAILED to build kubernetes $version (wrapper module: $work/go.mod)"
     exit 1
   fi
