@@ -259,7 +259,11 @@ export class Volume {
         jwtBundles: this.deps.jwtBundles.current,
       });
       const key = contentFingerprint(files);
-      if (key === this.writtenKey) continue;
+      if (key === this.writtenKey) {
+        // At debug level so a test can tell a repeated agent message arrived and was skipped.
+        this.logger.debug("the agent's message changes no file; nothing rewritten");
+        continue;
+      }
       try {
         await writeSnapshot(this.spec.targetPath, files, { gid: this.spec.fsGroup });
       } catch (error) {

@@ -36,6 +36,9 @@ describe("agent down for a long time", { timeout: 10 * 60_000 }, () => {
     const retries = fx.driver.logs.slice(mark).filter((line) => line.msg === "agent stream down, resubscribing");
     const delays = retries.map((line) => Number(line.delayMs));
     console.log(`agent-outage: ${outageMs} ms down, 21 streams, ${retries.length} resubscribe attempts, max delay ${Math.max(...delays)} ms, driver CPU ${((cpuUsed / (outageMs / 1000)) * 100).toFixed(2)} % of a core`);
+    // Without attempts, or without growth, the bound and the reset below would hold vacuously.
+    assert.ok(delays.length >= volumes.length, `every stream retried (${delays.length} attempts)`);
+    assert.ok(Math.max(...delays) >= 1000, `the backoff grew towards --reconnect-max (max ${Math.max(...delays)} ms)`);
     assert.ok(delays.every((delay) => delay <= 2000), "delays never exceed --reconnect-max");
     assert.ok(cpuUsed / (outageMs / 1000) < 0.1, `CPU while the agent is down: ${cpuUsed.toFixed(2)} s over ${outageMs} ms`);
     for (const [i, volume] of volumes.entries()) {

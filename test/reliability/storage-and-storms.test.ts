@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
-import { readdir, readFile, rm, writeFile } from "node:fs/promises";
+import { readdir, readFile, readlink, rm } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { Code } from "@connectrpc/connect";
 import { after, before, describe, test } from "node:test";
@@ -39,7 +39,9 @@ describe("storage faults and kubelet retry storms (tmpfs backing)", { timeout: 5
     const failure = await fx.driver.waitForLog((line) => line.msg === "writing the volume snapshot failed; the previous files stay in place", 5000, mark);
     assert.equal(failure.reason, "ENOSPC");
     assert.equal((await readVolumeIdentity(volume.targetPath)).serialNumber, before.serialNumber, "old files intact");
-    assert.ok((await readdir(volume.targetPath)).filter((name) => name.startsWith("..snap-")).length <= 2, "the half-written snapshot was removed");
+    // The publish left exactly one snapshot and `..data` names it; a half-written one left behind would be a second.
+    const snapshots = (await readdir(volume.targetPath)).filter((name) => name.startsWith("..snap-"));
+    assert.deepEqual(snapshots, [await readlink(join(volume.targetPath, "..data"))], "the half-written snapshot was removed");
     const metrics = await (await fetch(metricsUrl)).text();
     assert.ok((sample(metrics, "spire_csi_snapshot_writes_total", { result: "error" }) ?? 0) >= 1);
     assert.equal(sample(metrics, "spire_csi_volumes", { phase: "degraded" }), 1);
