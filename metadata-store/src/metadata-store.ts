@@ -1,5 +1,5 @@
 import { constants } from "node:fs";
-import { chmod, lstat, mkdir, open, readdir, rename, unlink } from "node:fs/promises";
+import { chmod, lstat, mkdir, open, readdir, rename, unlink, type FileHandle } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import writeFileAtomic from "write-file-atomic";
 import { MetadataStoreError } from "./errors.js";
@@ -128,8 +128,9 @@ export class MetadataStore {
    * throws because of a bad record; throws MetadataStoreError("io") only if the filesystem fails.
    *
    * Which entries are looked at:
-   * - regular files named `*.json` are records (a symlink or other non-regular `*.json` entry is
-   *   quarantined, never followed);
+   * - regular files named `*.json` are records (a symlink, FIFO, socket or device named `*.json`,
+   *   or a file that cannot be read or is larger than any record, is quarantined, never followed
+   *   and never waited on);
    * - `<volumeId>.json.<digits>` are write-file-atomic temp files: never read as records. One older
    *   than a minute is removed (its writer died mid-write; the target record is untouched), a
    *   fresher one is left alone since a writer, possibly in another process, may still rename it;
@@ -162,18 +163,27 @@ export class MetadataStore {
     return { records, quarantined };
   }
 
-  /** A directory that happens to be named `*.json` is not a record: it reads as missing and is left alone. */
+  /**
+   * A directory that happens to be named `*.json` is not a record: it reads as missing and is left
+   * alone. Anything else that cannot be read as a small regular file is quarantined: the dir is
+   * read before the CSI socket comes up, so one odd entry must never hold up or stop the start.
+   */
   private async read(file: string): Promise<ReadOutcome> {
     const path = join(this.dir, file);
     let text: string;
     try {
       // O_NOFOLLOW: a symlink planted in the dir is never followed to somewhere else.
-      const handle = await open(path, constants.O_RDONLY | constants.O_NOFOLLOW);
+      // O_NONBLOCK: opening a FIFO without a writer would otherwise wait forever (and hold one of
+      // libuv's four threadpool threads while it does); for a regular file it changes nothing.
+      const handle = await open(path, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
       try {
         const info = await handle.stat();
         if (info.isDirectory()) return { kind: "missing" };
         if (!info.isFile()) return await this.quarantine(file, "not a regular file");
-        text = await handle.readFile("utf8");
+        if (info.size > maxRecordBytes) return await this.quarantine(file, `larger than ${maxRecordBytes} bytes (${info.size})`);
+        const bounded = await readAtMost(handle, maxRecordBytes);
+        if (bounded === undefined) return await this.quarantine(file, `larger than ${maxRecordBytes} bytes (grew while being read)`);
+        text = bounded;
       } finally {
         await handle.close();
       }
@@ -182,6 +192,7 @@ export class MetadataStore {
       const code = errnoOf(error);
       if (code === "ENOENT") return { kind: "missing" };
       if (code === "ELOOP") return await this.quarantine(file, "a symbolic link, not a regular file");
+      if (code !== undefined && unreadableCodes.has(code)) return await this.quarantine(file, `unreadable (${code})`);
       throw ioError(`reading ${file} failed`, error);
     }
     const problem = parseRecord(text, file);
@@ -298,6 +309,31 @@ function ioError(what: string, error: unknown): MetadataStoreError {
 }
 
 const listConcurrency = 32;
+
+/**
+ * A valid record is a few KiB at most (every attribute it holds has a length limit), so anything
+ * far larger is not one of ours, and reading it whole could exhaust memory before the start.
+ */
+const maxRecordBytes = 64 * 1024;
+
+/**
+ * Errors that belong to the file itself (its permissions, its device, its content) rather than to
+ * the store as a whole: the file is quarantined and the other records are still adopted. Anything
+ * else (EMFILE, ENOMEM, ...) says nothing about the record and is thrown as an io error.
+ */
+const unreadableCodes: ReadonlySet<string> = new Set(["EACCES", "EPERM", "EIO", "ENXIO", "ENODEV"]);
+
+/** The file's text, or undefined if it holds more than `limit` bytes. */
+async function readAtMost(handle: FileHandle, limit: number): Promise<string | undefined> {
+  const buffer = Buffer.alloc(limit + 1);
+  let length = 0;
+  while (length < buffer.length) {
+    const { bytesRead } = await handle.read(buffer, length, buffer.length - length, length);
+    if (bytesRead === 0) break;
+    length += bytesRead;
+  }
+  return length > limit ? undefined : buffer.toString("utf8", 0, length);
+}
 
 /** Promise.allSettled over `items` with at most `limit` calls in flight; results in input order. */
 async function settleWithLimit<T, R>(items: readonly T[], limit: number, call: (item: T) => Promise<R>): Promise<PromiseSettledResult<R>[]> {

@@ -1,6 +1,8 @@
 import assert from "node:assert/strict";
-import { chmod, mkdir, readdir, readFile, stat, symlink, utimes, writeFile } from "node:fs/promises";
-import { join } from "node:path";
+import { execFileSync } from "node:child_process";
+import { chmod, chown, mkdir, readdir, readFile, stat, symlink, utimes, writeFile } from "node:fs/promises";
+import { createServer } from "node:net";
+import { dirname, join } from "node:path";
 import { test } from "node:test";
 import { MetadataStore, MetadataStoreError, type VolumeRecord } from "../src/index.js";
 import { collectingLogger, record, tempStoreDir } from "./helpers.js";
@@ -208,6 +210,35 @@ test("symlinks named *.json are quarantined, never followed; directories and oth
   assert.equal(await store.get("csi-dir"), undefined);
 });
 
+test("a FIFO, a socket, an oversized and an unreadable *.json are quarantined without blocking the list", { timeout: 30_000 }, async (t) => {
+  const dir = await tempStoreDir(t);
+  const { warnings, logger } = collectingLogger();
+  const store = await MetadataStore.open(dir, { logger });
+  await store.put(record("csi-a"));
+  // A FIFO without a writer: a blocking open would wait forever and the driver would never start.
+  execFileSync("mkfifo", [join(dir, "csi-fifo.json")]);
+  const socketServer = createServer();
+  await new Promise<void>((resolve) => socketServer.listen(join(dir, "csi-socket.json"), resolve));
+  t.after(() => new Promise<void>((resolve) => socketServer.close(() => resolve())));
+  // Valid JSON padded past the limit: refused for its size, not for its content.
+  const big = JSON.stringify(record("csi-big"), null, 2) + " ".repeat(64 * 1024);
+  await writeFile(join(dir, "csi-big.json"), big);
+  await writeFile(join(dir, "csi-locked.json"), JSON.stringify(record("csi-locked")), { mode: 0o000 });
+  await chmod(join(dir, "csi-locked.json"), 0o000);
+
+  const { records, quarantined } = await asUnprivileged(dir, () => store.list());
+  assert.deepEqual(records.map((r) => r.volumeId), ["csi-a"]);
+  assert.deepEqual(quarantined, [
+    { file: "csi-big.json", reason: `larger than 65536 bytes (${Buffer.byteLength(big)})` },
+    { file: "csi-fifo.json", reason: "not a regular file" },
+    { file: "csi-locked.json", reason: "unreadable (EACCES)" },
+    { file: "csi-socket.json", reason: "unreadable (ENXIO)" },
+  ]);
+  const moved = (await readdir(join(dir, "quarantine"))).map((name) => name.replace(/\.json\..*$/, ".json")).sort();
+  assert.deepEqual(moved, ["csi-big.json", "csi-fifo.json", "csi-locked.json", "csi-socket.json"]);
+  assert.equal(warnings.length, 4);
+});
+
 test("write-file-atomic temp files are never records; only stale ones are swept", async (t) => {
   const dir = await tempStoreDir(t);
   const { infos, logger } = collectingLogger();
@@ -266,3 +297,22 @@ test("concurrent put and delete of one id: the last call wins", async (t) => {
   }
   assert.deepEqual((await store.list()).quarantined, []);
 });
+
+/**
+ * Runs `job` so that file permissions apply: root reads any file whatever its mode, so as root the
+ * store dir and its entries are handed to "nobody" and the effective uid switched to it for the
+ * duration of `job`.
+ */
+async function asUnprivileged<T>(dir: string, job: () => Promise<T>): Promise<T> {
+  if (process.getuid?.() !== 0 || process.seteuid === undefined) return await job();
+  const nobody = 65534;
+  await chmod(dirname(dir), 0o711);
+  // A mode-000 file is unreadable to its owner too, so every entry can be handed over.
+  for (const name of ["", ...(await readdir(dir))]) await chown(join(dir, name), nobody, nobody);
+  process.seteuid(nobody);
+  try {
+    return await job();
+  } finally {
+    process.seteuid(0);
+  }
+}
