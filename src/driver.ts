@@ -57,6 +57,7 @@ export async function runDriver(config: DriverConfig, logger: Logger): Promise<{
       adminSocketPath: config.agentSocket,
       backoff,
       nodeName: config.nodeId,
+      trustDomain: config.trustDomain,
       logger,
       observer: metrics,
     },

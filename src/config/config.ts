@@ -29,6 +29,12 @@ export const options = {
     help: "SPIRE agent admin socket serving the Delegated Identity API (admin_socket_path)",
     schema: absolutePath,
   },
+  "trust-domain": {
+    env: "SPIRE_CSI_TRUST_DOMAIN",
+    default: undefined,
+    help: "the SPIRE agent's trust domain (e.g. example.org): the own bundle of csi.spire.io/bundle-only volumes; unset, those are refused",
+    schema: z.string().max(255).regex(/^[a-z0-9._-]+$/, "must be a trust domain name like example.org (lowercase, no spiffe://)").optional(),
+  },
   "kubelet-root": {
     env: "SPIRE_CSI_KUBELET_ROOT",
     default: "/var/lib/kubelet",
@@ -91,6 +97,8 @@ export interface DriverConfig {
   pluginSocket: string;
   nodeId: string;
   agentSocket: string;
+  /** Undefined when not configured. */
+  trustDomain: string | undefined;
   kubeletRoot: string;
   metadataDir: string;
   publishTimeoutMs: number;
@@ -149,6 +157,7 @@ export function loadConfig(argv: readonly string[], env: NodeJS.ProcessEnv): Dri
     pluginSocket: value("plugin-socket"),
     nodeId: value("node-id", env.NODE_NAME || hostname()),
     agentSocket: value("agent-socket"),
+    trustDomain: value("trust-domain"),
     kubeletRoot: value("kubelet-root"),
     metadataDir: value("metadata-dir"),
     publishTimeoutMs: value("publish-timeout"),

@@ -5,7 +5,7 @@ import {
   type NodePublishVolumeRequest,
   type NodeUnpublishVolumeRequest,
 } from "../gen/csi/v1/csi_pb.js";
-import { parseVolumeAttributes } from "../volume/volume-attributes.js";
+import { checkKeyMode, parseVolumeAttributes } from "../volume/volume-attributes.js";
 import type { VolumeSpec } from "../volume/volume-spec.js";
 
 const podInfoKeys = {
@@ -73,6 +73,7 @@ export function parsePublishRequest(request: NodePublishVolumeRequest, kubeletRo
   const { raw, attributes } = parseVolumeAttributes(context);
   const mountGroup = capability.accessType.value.volumeMountGroup;
   const fsGroup = attributes.fsGroup ?? parseMountGroup(mountGroup);
+  checkKeyMode(attributes.keyMode, fsGroup);
   return { volumeId, targetPath, pod, rawAttributes: raw, attributes, fsGroup };
 }
 

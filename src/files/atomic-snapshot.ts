@@ -12,12 +12,13 @@ const snapshotPrefix = "..snap-";
 export interface FileOwnership {
   /** The pod's fsGroup: files become group-owned and the key group-readable, never world-readable. */
   gid?: number;
+  /** Mode of the secret files (csi.spire.io/key-mode), instead of the default for the fsGroup. */
+  secretMode?: number;
 }
 
 export function fileModes(ownership: FileOwnership): { dir: number; file: number; secret: number } {
-  return ownership.gid === undefined
-    ? { dir: 0o755, file: 0o644, secret: 0o644 }
-    : { dir: 0o750, file: 0o640, secret: 0o640 };
+  const modes = ownership.gid === undefined ? { dir: 0o755, file: 0o644, secret: 0o644 } : { dir: 0o750, file: 0o640, secret: 0o640 };
+  return { ...modes, secret: ownership.secretMode ?? modes.secret };
 }
 
 /**

@@ -29,10 +29,48 @@ export interface LayoutOptions {
   /** One token file per audience. */
   jwt: { audience: string; file: string }[];
   envoySds: { file: string; certSecret: string; caSecret: string } | undefined;
+  /** Only the trust bundles, for clients that verify SPIFFE peers but have no SVID of their own. */
+  bundleOnly: boolean;
 }
 
 export function trustBundleFileName(trustDomain: string): string {
   return `${trustDomain}.trust-bundle.pem`;
+}
+
+interface FederatedBundle {
+  trustDomain: string;
+  certs: readonly Uint8Array[];
+}
+
+/**
+ * The trust bundle files of a layout: the own trust domain's certificates in the layout's bundle
+ * file (spiffe-fs: one file per trust domain, never merged), the federated ones merged into it or
+ * written each to its own file, as `federated-bundles` says.
+ */
+function trustBundleFiles(attributes: LayoutOptions, ownTrustDomain: string, own: readonly Uint8Array[], federated: readonly FederatedBundle[]): SnapshotFile[] {
+  const files: SnapshotFile[] = [];
+  if (attributes.layout === "spiffe-fs") {
+    files.push({ name: trustBundleFileName(ownTrustDomain), content: certificatesToPem(own), secret: false });
+  } else {
+    const merged = attributes.federatedBundles === "merge" ? federated.flatMap((entry) => entry.certs) : [];
+    files.push({ name: attributes.files.bundle, content: certificatesToPem([...own, ...merged]), secret: false });
+  }
+  if (attributes.federatedBundles === "files") {
+    for (const entry of federated) files.push({ name: trustBundleFileName(entry.trustDomain), content: certificatesToPem(entry.certs), secret: false });
+  }
+  return files;
+}
+
+/**
+ * The files of a bundle-only volume. With no SVID there is no federates_with list, so every
+ * other trust domain the agent holds a bundle for counts as federated.
+ */
+export function renderBundleOnlyFiles(attributes: LayoutOptions, ownTrustDomain: string, bundles: ReadonlyMap<string, readonly Uint8Array[]>): SnapshotFile[] {
+  const federated = [...bundles]
+    .filter(([trustDomain]) => trustDomain !== ownTrustDomain)
+    .sort(([a], [b]) => a.localeCompare(b))
+    .map(([trustDomain, certs]) => ({ trustDomain, certs }));
+  return trustBundleFiles(attributes, ownTrustDomain, bundles.get(ownTrustDomain) ?? [], federated);
 }
 
 /**
@@ -46,28 +84,20 @@ export function renderVolumeFiles(attributes: LayoutOptions, input: SnapshotInpu
   const federated = input.federatesWith
     .filter((trustDomain) => trustDomain !== identity.trustDomain)
     .map((trustDomain) => ({ trustDomain, certs: input.bundles.get(trustDomain) }))
-    .filter((entry): entry is { trustDomain: string; certs: readonly Uint8Array[] } => entry.certs !== undefined);
+    .filter((entry): entry is FederatedBundle => entry.certs !== undefined);
   const intermediates = attributes.bundleIntermediates ? identity.certChainDer.slice(1) : [];
   const keyPem = toPem("PRIVATE KEY", identity.keyPkcs8Der);
   const chainPem = certificatesToPem(identity.certChainDer);
   const files: SnapshotFile[] = [];
 
   if (attributes.layout === "spiffe-fs") {
-    // SPIFFE Filesystem Delivery: the key block first, then the chain leaf-to-root; one bundle
-    // file per trust domain, never merged.
+    // SPIFFE Filesystem Delivery: the key block first, then the chain leaf-to-root.
     files.push({ name: attributes.files.credential, content: keyPem + chainPem, secret: true });
-    files.push({ name: trustBundleFileName(identity.trustDomain), content: certificatesToPem([...own, ...intermediates]), secret: false });
   } else {
-    const merged = attributes.federatedBundles === "merge" ? federated.flatMap((entry) => entry.certs) : [];
     files.push({ name: attributes.files.cert, content: chainPem, secret: false });
     files.push({ name: attributes.files.key, content: keyPem, secret: true });
-    files.push({ name: attributes.files.bundle, content: certificatesToPem([...own, ...intermediates, ...merged]), secret: false });
   }
-  if (attributes.federatedBundles === "files" || attributes.layout === "spiffe-fs") {
-    if (attributes.federatedBundles !== "none") {
-      for (const entry of federated) files.push({ name: trustBundleFileName(entry.trustDomain), content: certificatesToPem(entry.certs), secret: false });
-    }
-  }
+  files.push(...trustBundleFiles(attributes, identity.trustDomain, [...own, ...intermediates], federated));
 
   if (attributes.allSvids) {
     const index = input.allIdentities.map((svid, i) => {

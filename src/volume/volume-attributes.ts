@@ -50,6 +50,11 @@ const spiffeId = z
   .max(2048, "must be at most 2048 characters")
   .regex(/^spiffe:\/\/[a-z0-9._-]+(\/[A-Za-z0-9._~!$&'()*+,;=:@%-]+)*$/, "must be a SPIFFE ID like spiffe://example.org/ns/default/sa/web");
 
+const fileMode = z
+  .string()
+  .regex(/^0?[0-7]{3}$/, "must be an octal file mode like 0600 or 0440")
+  .transform((text) => parseInt(text, 8));
+
 const secretName = z
   .string()
   .min(1)
@@ -81,6 +86,8 @@ export const volumeAttributesSchema = z.strictObject({
   "csi.spire.io/envoy-cert-secret": secretName.default("default"),
   "csi.spire.io/envoy-ca-secret": secretName.default("ROOTCA"),
   "csi.spire.io/fs-group": fsGroup.optional(),
+  "csi.spire.io/key-mode": fileMode.optional(),
+  "csi.spire.io/bundle-only": booleanText.default(false),
 });
 
 type ParsedAttributes = z.output<typeof volumeAttributesSchema>;
@@ -90,6 +97,8 @@ export interface VolumeAttributes extends LayoutOptions {
   /** Which of the pod's SVIDs to write when the agent sends several. */
   select: { spiffeId: string | undefined; hint: string | undefined };
   fsGroup: number | undefined;
+  /** Mode of the files holding a key or token; undefined keeps the default for the fsGroup. */
+  keyMode: number | undefined;
 }
 
 /** Picks the csi.spire.io/* keys out of volume_context and validates them. */
@@ -111,12 +120,38 @@ export function parseVolumeAttributes(volumeContext: Record<string, string>): {
   return { raw, attributes: resolve(result.data) };
 }
 
+/**
+ * The key-mode ceiling depends on the fsGroup, which kubelet may send instead of the attribute,
+ * so publish and re-adoption of a record both check it once the group is known.
+ */
+export function checkKeyMode(keyMode: number | undefined, fsGroup: number | undefined): void {
+  if (keyMode === undefined) return;
+  const ceiling = fsGroup === undefined ? 0o644 : 0o640;
+  const octal = (mode: number) => `0${mode.toString(8).padStart(3, "0")}`;
+  if ((keyMode & ~ceiling) !== 0) {
+    reject(
+      "key-mode",
+      `${octal(keyMode)} grants more than ${octal(ceiling)}, the most allowed ${fsGroup === undefined ? "without an fsGroup" : "with an fsGroup (never world-readable)"}`,
+    );
+  }
+  if ((keyMode & 0o444) === 0) reject("key-mode", `${octal(keyMode)} lets nobody read the key; use e.g. 0400 or 0440`);
+}
+
 function reject(key: string, rule: string): never {
   throw new DriverError("invalid-argument", `volume_context[${attributePrefix}${key}]: ${rule}`);
 }
 
 function resolve(parsed: ParsedAttributes): VolumeAttributes {
   const layout = parsed["csi.spire.io/layout"];
+  const bundleOnly = parsed["csi.spire.io/bundle-only"];
+  if (bundleOnly) {
+    // Attributes that shape an SVID's files have nothing to act on without one.
+    const svidOnly = ["cert-file", "key-file", "credential-file", "spiffe-id", "svid-hint", "key-mode", "jwt-audiences", "all-svids", "envoy-sds", "bundle-intermediates"];
+    for (const key of svidOnly) {
+      const value = parsed[`${attributePrefix}${key}` as keyof ParsedAttributes];
+      if (value !== undefined && value !== false) reject(key, "is not used by a bundle-only volume (it holds no SVID)");
+    }
+  }
   const given = {
     cert: parsed["csi.spire.io/cert-file"],
     key: parsed["csi.spire.io/key-file"],
@@ -166,5 +201,7 @@ function resolve(parsed: ParsedAttributes): VolumeAttributes {
     jwt,
     envoySds,
     fsGroup: parsed["csi.spire.io/fs-group"],
+    keyMode: parsed["csi.spire.io/key-mode"],
+    bundleOnly,
   };
 }

@@ -5,7 +5,7 @@ import { DriverError } from "../errors.js";
 import { clearSnapshots, hasSnapshot } from "../files/atomic-snapshot.js";
 import { isMountPoint, readMountPoints } from "../files/mount-table.js";
 import { checkTarget, prepareTarget, unmountTarget, type VolumeBacking } from "../files/target-mount.js";
-import { parseVolumeAttributes } from "./volume-attributes.js";
+import { checkKeyMode, parseVolumeAttributes } from "./volume-attributes.js";
 import { KeyedMutex } from "./keyed-mutex.js";
 import { specDifference, type VolumeSpec } from "./volume-spec.js";
 import { Volume, type VolumeDependencies } from "./volume.js";
@@ -89,6 +89,12 @@ export class VolumeManager {
       }
     }
 
+    if (spec.attributes.bundleOnly && this.options.volume.trustDomain === undefined) {
+      throw new DriverError(
+        "failed-precondition",
+        "volume_context[csi.spire.io/bundle-only]: the driver does not know its trust domain; start it with --trust-domain (chart value spire.trustDomain)",
+      );
+    }
     const { logger } = this.options;
     const { observer } = this.options.volume;
     const started = performance.now();
@@ -245,6 +251,7 @@ function toRecord(spec: VolumeSpec): VolumeRecord {
 
 function fromRecord(record: VolumeRecord): VolumeSpec {
   const { raw, attributes } = parseVolumeAttributes(record.attributes);
+  checkKeyMode(attributes.keyMode, record.fsGroup);
   return {
     volumeId: record.volumeId,
     targetPath: record.targetPath,

@@ -14,7 +14,8 @@ export interface WrittenIdentity {
 export type VolumeState =
   | { phase: "publishing"; since: number }
   | { phase: "adopting"; since: number }
-  | { phase: "live"; identity: WrittenIdentity }
+  /** `identity` is undefined for bundle-only volumes. */
+  | { phase: "live"; identity: WrittenIdentity | undefined }
   | { phase: "degraded"; cause: "agent" | "write"; problem: string; identity: WrittenIdentity | undefined }
   | { phase: "stopped" };
 

@@ -10,12 +10,13 @@ import { ReconnectingStream } from "../spire/reconnecting-stream.js";
 import { parseX509SvidSet, type X509Identity } from "../spire/x509-identity.js";
 import type { SubscribeToX509SVIDsResponse } from "../gen/spire/api/agent/delegatedidentity/v1/delegatedidentity_pb.js";
 import { writeSnapshot } from "../files/atomic-snapshot.js";
-import { renderVolumeFiles } from "../files/volume-files.js";
+import { renderBundleOnlyFiles, renderVolumeFiles } from "../files/volume-files.js";
 import { chooseSvid } from "./svid-choice.js";
 import { formatSelectors, podSelectors, type Selector } from "./selectors.js";
 import type { VolumeSpec } from "./volume-spec.js";
 import type { VolumeObserver } from "./volume-observer.js";
 import type { VolumeState } from "./volume-state.js";
+import type { SnapshotFile } from "../files/snapshot-file.js";
 
 export interface VolumeDependencies {
   client: AgentClient;
@@ -25,6 +26,8 @@ export interface VolumeDependencies {
   adminSocketPath: string;
   backoff: BackoffOptions;
   nodeName: string;
+  /** The agent's trust domain: the own bundle of bundle-only volumes (which have no SVID to tell). */
+  trustDomain: string | undefined;
   logger: Logger;
   observer: VolumeObserver;
 }
@@ -48,7 +51,8 @@ type LastObservation =
 export class Volume {
   state: VolumeState;
   readonly selectors: Selector[];
-  private readonly stream: ReconnectingStream<SubscribeToX509SVIDsResponse>;
+  /** Absent for bundle-only volumes, which need no SVID. */
+  private readonly stream: ReconnectingStream<SubscribeToX509SVIDsResponse> | undefined;
   private readonly logger: Logger;
   private identity: X509Identity | undefined;
   private allIdentities: X509Identity[] = [];
@@ -80,7 +84,7 @@ export class Volume {
     this.selectors = podSelectors(spec.pod, deps.nodeName);
     this.logger = deps.logger.child({ volumeId: spec.volumeId, pod: `${spec.pod.namespace}/${spec.pod.name}` });
     this.firstWrite.promise.catch(() => undefined);
-    this.stream = new ReconnectingStream({
+    this.stream = spec.attributes.bundleOnly ? undefined : new ReconnectingStream({
       open: (signal) => deps.client.subscribeToX509SVIDs({ selectors: this.selectors }, { signal }),
       onMessage: (message) => this.acceptSvids(message),
       onStatus: (status) => {
@@ -125,14 +129,15 @@ export class Volume {
   start(): void {
     this.deps.bundles.on("change", this.onBundles);
     this.deps.jwtBundles.on("change", this.onJwtBundles);
-    this.stream.start();
+    this.stream?.start();
     this.jwtRefresher?.start();
+    if (this.spec.attributes.bundleOnly) this.scheduleWrite();
   }
 
   async stop(): Promise<void> {
     this.deps.bundles.off("change", this.onBundles);
     this.deps.jwtBundles.off("change", this.onJwtBundles);
-    await Promise.all([this.stream.stop(), this.jwtRefresher?.stop()]);
+    await Promise.all([this.stream?.stop(), this.jwtRefresher?.stop()]);
     this.writeWanted = false;
     await this.writeLoop;
     this.state = { phase: "stopped" };
@@ -224,7 +229,7 @@ export class Volume {
   }
 
   private scheduleWrite(): void {
-    if (!this.identity || this.state.phase === "stopped") return;
+    if ((!this.identity && !this.spec.attributes.bundleOnly) || this.state.phase === "stopped") return;
     this.writeWanted = true;
     this.writeLoop ??= this.drainWrites().finally(() => {
       this.writeLoop = undefined;
@@ -239,25 +244,8 @@ export class Volume {
     }
     while (this.writeWanted) {
       this.writeWanted = false;
-      const identity = this.identity!;
-      const bundle = this.deps.bundles.current.get(identity.trustDomain);
-      if (!bundle || bundle.length === 0) {
-        this.lastObservation = { kind: "no-bundle", trustDomain: identity.trustDomain };
-        continue;
-      }
-      const missingJwt = this.spec.attributes.jwt.filter((entry) => !this.jwtTokens.has(entry.audience)).map((entry) => entry.audience);
-      if (missingJwt.length > 0) {
-        this.lastObservation = { kind: "no-jwt", audiences: missingJwt };
-        continue;
-      }
-      const files = renderVolumeFiles(this.spec.attributes, {
-        identity,
-        allIdentities: this.allIdentities,
-        bundles: this.deps.bundles.current,
-        federatesWith: this.federatesWith,
-        jwtTokens: this.jwtTokens,
-        jwtBundles: this.deps.jwtBundles.current,
-      });
+      const files = this.renderFiles();
+      if (!files) continue;
       const key = contentFingerprint(files);
       if (key === this.writtenKey) {
         // At debug level so a test can tell a repeated agent message arrived and was skipped.
@@ -265,7 +253,7 @@ export class Volume {
         continue;
       }
       try {
-        await writeSnapshot(this.spec.targetPath, files, { gid: this.spec.fsGroup });
+        await writeSnapshot(this.spec.targetPath, files, { gid: this.spec.fsGroup, secretMode: this.spec.attributes.keyMode });
       } catch (error) {
         const reason = (error as NodeJS.ErrnoException).code ?? (error as Error).message;
         this.lastObservation = { kind: "write-failed", reason };
@@ -276,7 +264,8 @@ export class Volume {
         continue;
       }
       this.writtenKey = key;
-      const written = {
+      const identity = this.identity;
+      const written = identity && {
         spiffeId: identity.spiffeId,
         serialNumber: identity.serialNumber,
         expiresAt: identity.expiresAt,
@@ -286,7 +275,7 @@ export class Volume {
       const wasFirst = previousPhase === "publishing" || previousPhase === "adopting";
       this.state = { phase: "live", identity: written };
       this.logger.info(
-        { spiffeId: identity.spiffeId, serialNumber: identity.serialNumber, expiresAt: identity.expiresAt },
+        identity ? { spiffeId: identity.spiffeId, serialNumber: identity.serialNumber, expiresAt: identity.expiresAt } : { bundleOnly: true },
         previousPhase === "publishing"
           ? "identity files written"
           : previousPhase === "adopting"
@@ -296,6 +285,37 @@ export class Volume {
       this.deps.observer.snapshotWritten(wasFirst);
       this.firstWrite.resolve();
     }
+  }
+
+  /** This moment's files, or undefined (with the reason kept) while something they need is missing. */
+  private renderFiles(): SnapshotFile[] | undefined {
+    const bundles = this.deps.bundles.current;
+    if (this.spec.attributes.bundleOnly) {
+      const trustDomain = this.deps.trustDomain!;
+      if (!bundles.get(trustDomain)?.length) {
+        this.lastObservation = { kind: "no-bundle", trustDomain };
+        return undefined;
+      }
+      return renderBundleOnlyFiles(this.spec.attributes, trustDomain, bundles);
+    }
+    const identity = this.identity!;
+    if (!bundles.get(identity.trustDomain)?.length) {
+      this.lastObservation = { kind: "no-bundle", trustDomain: identity.trustDomain };
+      return undefined;
+    }
+    const missingJwt = this.spec.attributes.jwt.filter((entry) => !this.jwtTokens.has(entry.audience)).map((entry) => entry.audience);
+    if (missingJwt.length > 0) {
+      this.lastObservation = { kind: "no-jwt", audiences: missingJwt };
+      return undefined;
+    }
+    return renderVolumeFiles(this.spec.attributes, {
+      identity,
+      allIdentities: this.allIdentities,
+      bundles,
+      federatesWith: this.federatesWith,
+      jwtTokens: this.jwtTokens,
+      jwtBundles: this.deps.jwtBundles.current,
+    });
   }
 }
 
