@@ -35,10 +35,12 @@ export async function runDriver(config: DriverConfig, logger: Logger): Promise<{
   const backoff = { minMs: config.reconnectMinMs, maxMs: config.reconnectMaxMs };
   let volumes: VolumeManager | undefined;
   const isReady = () => bundles.connected;
-  const metrics = new DriverMetrics({ volumes: () => volumes, agentConnected: isReady });
+  const metrics = new DriverMetrics({ version, volumes: () => volumes, agentConnected: isReady });
   const feedOptions = { client, availability, adminSocketPath: config.agentSocket, backoff, logger };
   const bundles = x509BundleFeed({ ...feedOptions, onRetry: () => metrics.streamRetrying("x509-bundles") });
   const jwtBundles = jwtBundleFeed({ ...feedOptions, onRetry: () => metrics.streamRetrying("jwt-bundles") });
+  bundles.on("change", () => metrics.bundlesChanged("x509"));
+  jwtBundles.on("change", () => metrics.bundlesChanged("jwt"));
   bundles.start();
   jwtBundles.start();
   const metricsServer = config.metricsAddress

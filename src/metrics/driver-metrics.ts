@@ -1,9 +1,7 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
 import type { VolumeManager } from "../volume/volume-manager.js";
-import type { AgentStreamName, VolumeObserver } from "../volume/volume-observer.js";
-import type { VolumePhase } from "../volume/volume-state.js";
-
-const phases: VolumePhase[] = ["publishing", "adopting", "live", "degraded"];
+import type { AgentStreamName, SnapshotCause, VolumeObserver } from "../volume/volume-observer.js";
+import { reportedPhases } from "../volume/volume-state.js";
 
 /** The driver's Prometheus series. Gauges read the live volume state at scrape time. */
 export class DriverMetrics implements VolumeObserver {
@@ -13,12 +11,21 @@ export class DriverMetrics implements VolumeObserver {
   private readonly rotations: Counter;
   private readonly reconnects: Counter<"stream">;
   private readonly rejectedSvids: Counter;
+  private readonly bundleUpdates: Counter<"bundle">;
+  private readonly jwtFetches: Counter<"result">;
 
-  constructor(source: { volumes: () => VolumeManager | undefined; agentConnected: () => boolean }) {
+  constructor(source: { version: string; volumes: () => VolumeManager | undefined; agentConnected: () => boolean }) {
     const registers = [this.registry];
+    // Without a prefix: the standard Node.js dashboards and alerts query process_* and nodejs_*.
     // prom-client samples event-loop delay with a native timer, every 10 ms by default: 100
     // wake-ups a second on an otherwise idle node agent. Once a second still records every delay.
-    collectDefaultMetrics({ register: this.registry, prefix: "spire_csi_", eventLoopMonitoringPrecision: 1_000 });
+    collectDefaultMetrics({ register: this.registry, eventLoopMonitoringPrecision: 1_000 });
+    new Gauge({
+      name: "spire_csi_build_info",
+      help: "Always 1; the labels name the driver version and the Node.js runtime it runs on",
+      labelNames: ["version", "nodejs_version"],
+      registers,
+    }).set({ version: source.version, nodejs_version: process.version }, 1);
     this.publishDuration = new Histogram({
       name: "spire_csi_publish_duration_seconds",
       help: "NodePublishVolume duration from request to files written, by outcome (ok or the error code)",
@@ -34,7 +41,19 @@ export class DriverMetrics implements VolumeObserver {
     });
     this.rotations = new Counter({
       name: "spire_csi_rotations_total",
-      help: "Snapshot writes that replaced an identity already on disk (rotations and bundle updates)",
+      help: "Snapshot writes that replaced the X.509-SVID already on disk with a new one",
+      registers,
+    });
+    this.bundleUpdates = new Counter({
+      name: "spire_csi_bundle_updates_total",
+      help: "Trust bundle sets from the agent that changed the bundles volumes get, by bundle kind (x509 or jwt)",
+      labelNames: ["bundle"],
+      registers,
+    });
+    this.jwtFetches = new Counter({
+      name: "spire_csi_jwt_svid_fetches_total",
+      help: "FetchJWTSVIDs calls for volumes' audiences, by result (ok, or error: retried with backoff)",
+      labelNames: ["result"],
       registers,
     });
     this.reconnects = new Counter({
@@ -50,28 +69,27 @@ export class DriverMetrics implements VolumeObserver {
     });
     new Gauge({
       name: "spire_csi_volumes",
-      help: "Published volumes by phase",
+      help: "Volumes by phase: publishing, adopting, live, degraded (agent or write trouble, old files kept), expired (the files hold an expired SVID), adoption-failed (recorded but not re-adopted after a restart: files no longer rotate)",
       labelNames: ["phase"],
       registers,
       collect() {
-        const counts = source.volumes()?.phases() ?? new Map();
-        for (const phase of phases) this.set({ phase }, counts.get(phase) ?? 0);
+        const counts = source.volumes()?.phases(Date.now() / 1000) ?? new Map();
+        for (const phase of reportedPhases) this.set({ phase }, counts.get(phase) ?? 0);
       },
     });
     new Gauge({
-      name: "spire_csi_svid_expiry_seconds",
-      help: "Seconds until the X.509-SVID in each volume's files expires (alert when it nears 0)",
+      name: "spire_csi_svid_expiration_timestamp_seconds",
+      help: "Unix time at which the X.509-SVID in each volume's files expires (alert on time() approaching it)",
       labelNames: ["volume_id", "pod_namespace", "pod_name"],
       registers,
       collect() {
         this.reset();
-        const now = Date.now() / 1000;
         for (const volume of source.volumes()?.all() ?? []) {
           const state = volume.state;
           const identity = state.phase === "live" || state.phase === "degraded" ? state.identity : undefined;
           if (!identity) continue;
           const labels = { volume_id: volume.spec.volumeId, pod_namespace: volume.spec.pod.namespace, pod_name: volume.spec.pod.name };
-          this.set(labels, identity.expiresAt - now);
+          this.set(labels, identity.expiresAt);
         }
       },
     });
@@ -89,9 +107,17 @@ export class DriverMetrics implements VolumeObserver {
     this.publishDuration.observe({ outcome }, seconds);
   }
 
-  snapshotWritten(first: boolean): void {
+  snapshotWritten(cause: SnapshotCause): void {
     this.snapshotWrites.inc({ result: "ok" });
-    if (!first) this.rotations.inc();
+    if (cause === "rotation") this.rotations.inc();
+  }
+
+  bundlesChanged(bundle: "x509" | "jwt"): void {
+    this.bundleUpdates.inc({ bundle });
+  }
+
+  jwtFetchFinished(result: "ok" | "error"): void {
+    this.jwtFetches.inc({ result });
   }
 
   snapshotFailed(): void {

@@ -9,7 +9,7 @@ import { checkKeyMode, parseVolumeAttributes } from "./volume-attributes.js";
 import { KeyedMutex } from "./keyed-mutex.js";
 import { specDifference, type VolumeSpec } from "./volume-spec.js";
 import { Volume, type VolumeDependencies } from "./volume.js";
-import type { VolumePhase } from "./volume-state.js";
+import { reportedPhase, type ReportedPhase } from "./volume-state.js";
 
 export interface VolumeManagerOptions {
   store: MetadataStore;
@@ -34,12 +34,23 @@ export interface AdoptionReport {
 export class VolumeManager {
   private readonly volumes = new Map<string, Volume>();
   private readonly mutex = new KeyedMutex();
+  /**
+   * Recorded volumes this process could not take back (by volume id, or by record file name when
+   * the record was unreadable), with the reason. They are counted as `adoption-failed` until
+   * kubelet unpublishes or publishes that volume id again, so they do not vanish from the metrics
+   * while their files stop rotating.
+   */
+  private readonly adoptionFailures = new Map<string, string>();
 
   constructor(private readonly options: VolumeManagerOptions) {}
 
-  phases(): Map<VolumePhase, number> {
-    const counts = new Map<VolumePhase, number>();
-    for (const volume of this.volumes.values()) counts.set(volume.state.phase, (counts.get(volume.state.phase) ?? 0) + 1);
+  phases(nowSeconds: number): Map<ReportedPhase, number> {
+    const counts = new Map<ReportedPhase, number>();
+    for (const volume of this.volumes.values()) {
+      const phase = reportedPhase(volume.state, nowSeconds);
+      if (phase) counts.set(phase, (counts.get(phase) ?? 0) + 1);
+    }
+    if (this.adoptionFailures.size > 0) counts.set("adoption-failed", this.adoptionFailures.size);
     return counts;
   }
 
@@ -136,6 +147,7 @@ export class VolumeManager {
       observer.publishFinished(failure.code, (performance.now() - started) / 1000);
       throw failure;
     }
+    this.adoptionFailures.delete(spec.volumeId);
     const seconds = (performance.now() - started) / 1000;
     observer.publishFinished("ok", seconds);
     logger.info({ volumeId: spec.volumeId, pod: `${spec.pod.namespace}/${spec.pod.name}`, ms: Math.round(seconds * 1000) }, "volume published");
@@ -171,6 +183,7 @@ export class VolumeManager {
       await this.releaseTarget(targetPath);
     }
     await this.options.store.delete(volumeId);
+    this.adoptionFailures.delete(volumeId);
     this.options.logger.info({ volumeId }, "volume unpublished");
   }
 
@@ -187,6 +200,7 @@ export class VolumeManager {
   async adoptAll(): Promise<AdoptionReport> {
     const { records, quarantined } = await this.options.store.list();
     const report: AdoptionReport = { adopted: 0, removedStale: 0, quarantined: quarantined.length };
+    for (const { file, reason } of quarantined) this.adoptionFailures.set(file.replace(/\.json$/, ""), reason);
     // Records are independent: checking hundreds one after another would keep every pod waiting
     // for its rewrite behind the disk round trips of all the others. One read of the mount table
     // serves them all.
@@ -217,7 +231,9 @@ export class VolumeManager {
       spec = fromRecord(record);
       await prepareTarget(spec.targetPath, this.options.backing, spec.fsGroup, mountTable);
     } catch (error) {
-      logger.error({ reason: (error as Error).message }, "cannot re-adopt volume; leaving its record for the next start");
+      const reason = (error as Error).message;
+      logger.error({ reason }, "cannot re-adopt volume; leaving its record for the next start");
+      this.adoptionFailures.set(record.volumeId, reason);
       return "left-for-next-start";
     }
     const volume = new Volume(spec, "adopting", this.options.volume);

@@ -4,10 +4,14 @@
  */
 export type AgentStreamName = "x509-svids" | "x509-bundles" | "jwt-svids" | "jwt-bundles";
 
+/** Why a snapshot was written: the volume's first files, a new SVID, or new bundles/JWTs beside the same SVID. */
+export type SnapshotCause = "first" | "rotation" | "update";
+
 export interface VolumeObserver {
   publishFinished(outcome: string, seconds: number): void;
-  snapshotWritten(first: boolean): void;
+  snapshotWritten(cause: SnapshotCause): void;
   snapshotFailed(reason: string): void;
   svidRejected(reason: string): void;
   streamRetrying(stream: AgentStreamName): void;
+  jwtFetchFinished(result: "ok" | "error"): void;
 }

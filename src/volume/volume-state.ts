@@ -20,3 +20,20 @@ export type VolumeState =
   | { phase: "stopped" };
 
 export type VolumePhase = VolumeState["phase"];
+
+/**
+ * The phase an operator sees (metrics). Two conditions are added to the held phases:
+ * `expired` — the files hold an SVID past its expiry (the agent stopped issuing one, e.g. its
+ * entry was deleted); it is a function of the state and the clock, read when asked, so no timer
+ * per volume is needed to flip it. `adoption-failed` — a recorded volume the driver could not take
+ * back after a restart (unusable record, target not preparable): its files no longer rotate.
+ */
+export type ReportedPhase = Exclude<VolumePhase, "stopped"> | "expired" | "adoption-failed";
+
+export const reportedPhases: readonly ReportedPhase[] = ["publishing", "adopting", "live", "degraded", "expired", "adoption-failed"];
+
+export function reportedPhase(state: VolumeState, nowSeconds: number): ReportedPhase | undefined {
+  if (state.phase === "stopped") return undefined;
+  if ((state.phase === "live" || state.phase === "degraded") && state.identity && state.identity.expiresAt <= nowSeconds) return "expired";
+  return state.phase;
+}

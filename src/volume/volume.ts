@@ -14,7 +14,7 @@ import { renderBundleOnlyFiles, renderVolumeFiles } from "../files/volume-files.
 import { chooseSvid } from "./svid-choice.js";
 import { formatSelectors, podSelectors, type Selector } from "./selectors.js";
 import type { VolumeSpec } from "./volume-spec.js";
-import type { VolumeObserver } from "./volume-observer.js";
+import type { SnapshotCause, VolumeObserver } from "./volume-observer.js";
 import type { VolumeState } from "./volume-state.js";
 import type { SnapshotFile } from "../files/snapshot-file.js";
 
@@ -117,11 +117,15 @@ export class Volume {
         backoff: deps.backoff,
         logger: this.logger,
         onToken: (audience, token) => {
+          deps.observer.jwtFetchFinished("ok");
           if (this.jwtTokens.get(audience) === token) return;
           this.jwtTokens.set(audience, token);
           this.scheduleWrite();
         },
-        onRetry: () => deps.observer.streamRetrying("jwt-svids"),
+        onRetry: () => {
+          deps.observer.jwtFetchFinished("error");
+          deps.observer.streamRetrying("jwt-svids");
+        },
       });
     }
   }
@@ -272,7 +276,9 @@ export class Volume {
         writtenAt: Date.now(),
       };
       const previousPhase = this.state.phase;
-      const wasFirst = previousPhase === "publishing" || previousPhase === "adopting";
+      const previousSerial = this.state.phase === "live" || this.state.phase === "degraded" ? this.state.identity?.serialNumber : undefined;
+      const cause: SnapshotCause =
+        previousPhase === "publishing" || previousPhase === "adopting" ? "first" : previousSerial === identity.serialNumber ? "update" : "rotation";
       this.state = { phase: "live", identity: written };
       this.logger.info(
         identity ? { spiffeId: identity.spiffeId, serialNumber: identity.serialNumber, expiresAt: identity.expiresAt } : { bundleOnly: true },
@@ -280,9 +286,11 @@ export class Volume {
           ? "identity files written"
           : previousPhase === "adopting"
             ? "identity files rewritten after restart"
-            : "identity files rotated",
+            : cause === "rotation"
+              ? "identity files rotated"
+              : "identity files updated (trust bundles or JWT-SVIDs)",
       );
-      this.deps.observer.snapshotWritten(wasFirst);
+      this.deps.observer.snapshotWritten(cause);
       this.firstWrite.resolve();
     }
   }

@@ -85,8 +85,8 @@ describe("real SPIRE agent", { timeout: 10 * 60_000 }, () => {
     assert.ok((sample(text, "spire_csi_publish_duration_seconds_count", { outcome: "ok" }) ?? 0) >= 2);
     assert.ok((sample(text, "spire_csi_snapshot_writes_total", { result: "ok" }) ?? 0) >= 2);
     for (const volume of volumes) {
-      const expiry = sample(text, "spire_csi_svid_expiry_seconds", { volume_id: volume.volumeId });
-      assert.ok(expiry !== undefined && expiry > 0 && expiry <= ttlSeconds + 15, `SVID expiry in (0, TTL]: ${expiry}`);
+      const expiry = (sample(text, "spire_csi_svid_expiration_timestamp_seconds", { volume_id: volume.volumeId }) ?? 0) - Date.now() / 1000;
+      assert.ok(expiry > 0 && expiry <= ttlSeconds + 15, `SVID expiry in (0, TTL]: ${expiry}`);
     }
     assert.equal((await fetch(`http://${String(line?.address)}/readyz`)).status, 200);
   });

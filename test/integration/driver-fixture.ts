@@ -10,7 +10,7 @@ export interface DriverFixture extends DriverNode {
 
 /** A fake agent plus a driver node against it; `close` stops everything and removes the dirs. */
 export async function startDriverFixture(
-  options: { driver?: Partial<DriverProcessOptions>; trustDomain?: string; withIntermediate?: boolean; jwtTtlSeconds?: number } = {},
+  options: { driver?: Partial<DriverProcessOptions>; trustDomain?: string; withIntermediate?: boolean; jwtTtlSeconds?: number; svidTtlSeconds?: number } = {},
 ): Promise<DriverFixture> {
   const agentDir = await mkdtemp("/tmp/sagent-");
   await mkdir(join(agentDir, "agent"));
@@ -19,6 +19,7 @@ export async function startDriverFixture(
     trustDomain: options.trustDomain ?? "example.org",
     withIntermediate: options.withIntermediate,
     jwtTtlSeconds: options.jwtTtlSeconds,
+    svidTtlSeconds: options.svidTtlSeconds,
   });
   let node: DriverNode;
   try {

@@ -48,7 +48,7 @@ export function findSecrets(line: string): string[] {
 }
 
 interface LogLine {
-  level: number;
+  level: string;
   msg: string;
   [key: string]: unknown;
 }
