@@ -41,6 +41,9 @@ RUN npm ci --omit=dev --no-audit --no-fund && npm cache clean --force
 
 # ---- runtime -----------------------------------------------------------------------------------
 FROM ${NODE_IMAGE}
+# An ARG declared before the first FROM is in scope only in FROM lines: declare it again so the
+# base.name label below names the image actually used.
+ARG NODE_IMAGE
 ARG VERSION=0.1.0
 ARG REVISION=unknown
 ARG CREATED=unknown
