@@ -278,7 +278,7 @@ export class Volume {
       const previousPhase = this.state.phase;
       const previousSerial = this.state.phase === "live" || this.state.phase === "degraded" ? this.state.identity?.serialNumber : undefined;
       const cause: SnapshotCause =
-        previousPhase === "publishing" || previousPhase === "adopting" ? "first" : previousSerial === identity.serialNumber ? "update" : "rotation";
+        previousPhase === "publishing" || previousPhase === "adopting" ? "first" : previousSerial === identity?.serialNumber ? "update" : "rotation";
       this.state = { phase: "live", identity: written };
       this.logger.info(
         identity ? { spiffeId: identity.spiffeId, serialNumber: identity.serialNumber, expiresAt: identity.expiresAt } : { bundleOnly: true },

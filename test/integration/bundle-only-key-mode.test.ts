@@ -34,7 +34,7 @@ describe("bundle-only volumes and csi.spire.io/key-mode", () => {
 
     const mark = fx.driver.logs.length;
     await fx.agent.addRoot();
-    await fx.driver.waitForLog((line) => line.volumeId === volume.volumeId && line.msg === "identity files rotated", 10_000, mark);
+    await fx.driver.waitForLog((line) => line.volumeId === volume.volumeId && line.msg === "identity files updated (trust bundles or JWT-SVIDs)", 10_000, mark);
     assert.equal(pemBlocks(await readFile(join(volume.targetPath, "ca.crt"), "utf8")).length, 2, "old and new root after a bundle rotation");
     await fx.kubelet.unpublish(volume);
   });
