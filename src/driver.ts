@@ -1,9 +1,11 @@
 import { readFileSync } from "node:fs";
 import { MetadataStore } from "@spire-csi-driver/metadata-store";
 import type { DriverConfig } from "./config/config.js";
+import { checkCsiServer } from "./csi/csi-self-check.js";
 import { startCsiServer } from "./csi/csi-server.js";
+import { KubeletRegistration } from "./csi/kubelet-registration.js";
 import { DriverMetrics } from "./metrics/driver-metrics.js";
-import { startMetricsServer } from "./metrics/http-server.js";
+import { startHttpServer, type HealthChecks } from "./metrics/http-server.js";
 import type { Logger } from "./log.js";
 import { AgentAvailability } from "./spire/agent-availability.js";
 import { createAgentClient } from "./spire/agent-client.js";
@@ -43,9 +45,14 @@ export async function runDriver(config: DriverConfig, logger: Logger): Promise<{
   jwtBundles.on("change", () => metrics.bundlesChanged("jwt"));
   bundles.start();
   jwtBundles.start();
-  const metricsServer = config.metricsAddress
-    ? await startMetricsServer({ address: config.metricsAddress, registry: metrics.registry, isReady, logger })
-    : undefined;
+  let serving = false;
+  const health: HealthChecks = {
+    // Re-adopting many volumes takes a while and is progress, not a hang: alive meanwhile.
+    // The deadline is below the chart's probe timeoutSeconds, so a slow answer fails the check.
+    live: async () => (serving ? checkCsiServer(config.pluginSocket, 2_000) : { ok: true }),
+    ready: () => serving && isReady(),
+  };
+  const httpServers = await startHttpServers(config, metrics, health, logger);
   volumes = new VolumeManager({
     store,
     backing: config.volumeBacking === "tmpfs" ? { kind: "tmpfs", size: config.tmpfsSize } : { kind: "directory" },
@@ -71,17 +78,38 @@ export async function runDriver(config: DriverConfig, logger: Logger): Promise<{
     nodeId: config.nodeId,
     kubeletRoot: config.kubeletRoot,
     volumes,
-    isReady,
     logger,
   });
+  const registration = config.registrationSocket
+    ? new KubeletRegistration({
+        socketPath: config.registrationSocket,
+        endpoint: config.pluginSocketHostPath,
+        logger: logger.child({ component: "registration" }),
+      })
+    : undefined;
+  await registration?.start();
+  serving = true;
   const running = volumes;
   return {
     async stop() {
+      // Deregister first, so kubelet stops sending calls before the CSI socket goes.
+      await registration?.stop();
       await server.close();
       await running.shutdown();
-      await metricsServer?.close();
+      await Promise.all(httpServers.map((http) => http.close()));
       await Promise.all([bundles.stop(), jwtBundles.stop()]);
       await availability.stop();
     },
   };
+}
+
+/** /metrics and the probes, on one listener when both addresses are the same, else on two. */
+async function startHttpServers(config: DriverConfig, metrics: DriverMetrics, health: HealthChecks, logger: Logger) {
+  if (config.metricsAddress && config.metricsAddress === config.healthAddress) {
+    return [await startHttpServer({ address: config.metricsAddress, registry: metrics.registry, health, logger })];
+  }
+  const servers = [];
+  if (config.healthAddress) servers.push(await startHttpServer({ address: config.healthAddress, health, logger }));
+  if (config.metricsAddress) servers.push(await startHttpServer({ address: config.metricsAddress, registry: metrics.registry, logger }));
+  return servers;
 }

@@ -1,10 +1,11 @@
 import { hostname } from "node:os";
-import { isAbsolute } from "node:path";
+import { isAbsolute, join } from "node:path";
 import { parseArgs } from "node:util";
 import { z } from "zod";
 import { durationSchema } from "./duration.js";
 
 const absolutePath = z.string().refine(isAbsolute, "must be an absolute path");
+const hostPort = z.string().regex(/^$|^[^\s]*:[0-9]{1,5}$/, "must be host:port (e.g. 0.0.0.0:9809) or empty");
 
 /**
  * Every option of the driver, with its flag, environment variable and default. The flag wins over
@@ -14,8 +15,20 @@ export const options = {
   "plugin-socket": {
     env: "SPIRE_CSI_PLUGIN_SOCKET",
     default: "/csi/csi.sock",
-    help: "unix socket the CSI gRPC server listens on (kubelet and the sidecars connect here)",
+    help: "unix socket the CSI gRPC server listens on (kubelet connects here)",
     schema: absolutePath,
+  },
+  "plugin-socket-host-path": {
+    env: "SPIRE_CSI_PLUGIN_SOCKET_HOST_PATH",
+    default: undefined,
+    help: "the CSI socket's path as kubelet on the host sees it, sent to kubelet at registration; defaults to --plugin-socket (right when the driver runs on the host)",
+    schema: absolutePath,
+  },
+  "registration-socket": {
+    env: "SPIRE_CSI_REGISTRATION_SOCKET",
+    default: undefined,
+    help: "unix socket serving kubelet's plugin registration (kubelet's plugin watcher finds it); defaults to <kubelet-root>/plugins_registry/csi.spire.io-reg.sock; empty disables self-registration (e.g. with node-driver-registrar)",
+    schema: z.union([z.literal(""), absolutePath]),
   },
   "node-id": {
     env: "SPIRE_CSI_NODE_ID",
@@ -77,11 +90,17 @@ export const options = {
     help: "cap of the resubscribe delay",
     schema: durationSchema.pipe(z.number().min(1)),
   },
+  "health-address": {
+    env: "SPIRE_CSI_HEALTH_ADDRESS",
+    default: "0.0.0.0:9808",
+    help: "host:port serving /healthz (liveness: the CSI server answers on its socket) and /readyz (readiness: the SPIRE agent is reachable); empty disables it",
+    schema: hostPort,
+  },
   "metrics-address": {
     env: "SPIRE_CSI_METRICS_ADDRESS",
     default: "0.0.0.0:9809",
-    help: "host:port serving /metrics, /healthz and /readyz; empty disables it",
-    schema: z.string().regex(/^$|^[^\s]*:[0-9]{1,5}$/, "must be host:port (e.g. 0.0.0.0:9809) or empty"),
+    help: "host:port serving /metrics; empty disables it; may equal --health-address (one listener serves both)",
+    schema: hostPort,
   },
   "log-level": {
     env: "SPIRE_CSI_LOG_LEVEL",
@@ -95,6 +114,9 @@ type OptionName = keyof typeof options;
 
 export interface DriverConfig {
   pluginSocket: string;
+  pluginSocketHostPath: string;
+  /** Empty when self-registration is disabled. */
+  registrationSocket: string;
   nodeId: string;
   agentSocket: string;
   /** Undefined when not configured. */
@@ -106,6 +128,8 @@ export interface DriverConfig {
   tmpfsSize: string;
   reconnectMinMs: number;
   reconnectMaxMs: number;
+  /** Empty when disabled. */
+  healthAddress: string;
   /** Empty when disabled. */
   metricsAddress: string;
   logLevel: "trace" | "debug" | "info" | "warn" | "error" | "fatal";
@@ -153,18 +177,23 @@ export function loadConfig(argv: readonly string[], env: NodeJS.ProcessEnv): Dri
     }
     return result.data as z.output<(typeof options)[N]["schema"]>;
   };
+  const pluginSocket = value("plugin-socket");
+  const kubeletRoot = value("kubelet-root");
   const config: DriverConfig = {
-    pluginSocket: value("plugin-socket"),
+    pluginSocket,
+    pluginSocketHostPath: value("plugin-socket-host-path", pluginSocket),
+    registrationSocket: value("registration-socket", join(kubeletRoot, "plugins_registry", "csi.spire.io-reg.sock")),
     nodeId: value("node-id", env.NODE_NAME || hostname()),
     agentSocket: value("agent-socket"),
     trustDomain: value("trust-domain"),
-    kubeletRoot: value("kubelet-root"),
+    kubeletRoot,
     metadataDir: value("metadata-dir"),
     publishTimeoutMs: value("publish-timeout"),
     volumeBacking: value("volume-backing"),
     tmpfsSize: value("tmpfs-size"),
     reconnectMinMs: value("reconnect-min"),
     reconnectMaxMs: value("reconnect-max"),
+    healthAddress: value("health-address"),
     metricsAddress: value("metrics-address"),
     logLevel: value("log-level"),
   };

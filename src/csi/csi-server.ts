@@ -1,12 +1,12 @@
-import { chmod, mkdir, rm } from "node:fs/promises";
-import { dirname } from "node:path";
-import { Server, ServerCredentials } from "@grpc/grpc-js";
+import { rm } from "node:fs/promises";
+import { Server } from "@grpc/grpc-js";
 import type { Logger } from "pino";
 import { Identity, Node } from "../gen/csi/v1/csi_pb.js";
 import type { VolumeManager } from "../volume/volume-manager.js";
 import { toGrpcService } from "./grpc-service.js";
 import { identityService } from "./identity-service.js";
 import { nodeService } from "./node-service.js";
+import { bindUnixSocket, stillBound } from "./unix-socket.js";
 
 export interface CsiServerOptions {
   socketPath: string;
@@ -14,7 +14,6 @@ export interface CsiServerOptions {
   nodeId: string;
   kubeletRoot: string;
   volumes: VolumeManager;
-  isReady: () => boolean;
   logger: Logger;
 }
 
@@ -27,14 +26,7 @@ export async function startCsiServer(options: CsiServerOptions): Promise<{ close
   server.addService(identity.definition, identity.handlers);
   server.addService(node.definition, node.handlers);
 
-  await mkdir(dirname(options.socketPath), { recursive: true });
-  // A socket left by a killed driver would make bind fail with EADDRINUSE.
-  await rm(options.socketPath, { force: true });
-  await new Promise<void>((resolve, reject) =>
-    server.bindAsync(`unix://${options.socketPath}`, ServerCredentials.createInsecure(), (error) => (error ? reject(error) : resolve())),
-  );
-  // Only root (kubelet and the sidecars) may talk to the driver.
-  await chmod(options.socketPath, 0o600);
+  const bound = await bindUnixSocket(server, options.socketPath);
   logger.info({ socket: options.socketPath }, "CSI server listening");
 
   return {
@@ -49,7 +41,7 @@ export async function startCsiServer(options: CsiServerOptions): Promise<{ close
           resolve();
         });
       });
-      await rm(options.socketPath, { force: true });
+      if (await stillBound(bound)) await rm(options.socketPath, { force: true });
       logger.info("CSI server stopped");
     },
   };

@@ -3,11 +3,21 @@ import type { UnaryImplementation } from "./grpc-service.js";
 
 export const pluginName = "csi.spire.io";
 
-/** GetPluginInfo for node-driver-registrar, Probe for livenessprobe. A node-only plugin: no capabilities. */
-export function identityService(options: { version: string; isReady: () => boolean }): UnaryImplementation<typeof Identity> {
+/**
+ * GetPluginInfo (registration, and the driver's own /healthz check) and Probe. A node-only plugin:
+ * no capabilities.
+ *
+ * Probe always answers ready. The CSI spec gives `ready: false` one meaning, "still initialising",
+ * and the livenessprobe convention turns it into a container restart. The server only listens
+ * once start-up (re-adoption) is done, so there is nothing left to initialise; an unreachable
+ * SPIRE agent is not a reason to restart the driver (existing volumes keep their files and
+ * resume when it returns, and a restart loop would stall rollouts on nodes without an agent).
+ * The agent's state is reported by /readyz instead.
+ */
+export function identityService(options: { version: string }): UnaryImplementation<typeof Identity> {
   return {
     getPluginInfo: async () => ({ name: pluginName, vendorVersion: options.version }),
     getPluginCapabilities: async () => ({ capabilities: [] }),
-    probe: async () => ({ ready: options.isReady() }),
+    probe: async () => ({ ready: true }),
   };
 }

@@ -55,7 +55,7 @@ describe("agent behaviour and faults", () => {
     await fx.agent.stop();
     await sleep(700);
     assert.equal((await readVolumeIdentity(volume.targetPath)).serialNumber, first.serialNumber, "files kept while the agent is down");
-    assert.equal((await fx.kubelet.identity.probe({})).ready, false, "Probe reports not ready while the agent is away");
+    assert.equal((await fx.kubelet.identity.probe({})).ready, true, "Probe stays ready while the agent is away (liveness is not about the agent)");
     await fx.agent.start();
     await fx.agent.waitForStreams(1, 10_000);
     const mark = fx.driver.logs.length;

@@ -21,6 +21,8 @@ export interface DriverProcessOptions {
   logFile: string;
   /** Defaults to an ephemeral loopback port; the bound address is logged. */
   metricsAddress?: string;
+  /** Defaults to the metrics address, so one listener serves /metrics, /healthz and /readyz. */
+  healthAddress?: string;
   /** Default "debug", so tests can wait for any log line. */
   logLevel?: "debug" | "info" | "warn";
   /**
@@ -99,6 +101,7 @@ export class DriverProcess {
       "--reconnect-max", options.reconnectMax ?? "1s",
       "--log-level", options.logLevel ?? "debug",
       "--metrics-address", options.metricsAddress ?? "127.0.0.1:0",
+      "--health-address", options.healthAddress ?? options.metricsAddress ?? "127.0.0.1:0",
       ...(options.extraArgs ?? []),
     ];
     this.logStream ??= createWriteStream(options.logFile, { flags: "a" });
