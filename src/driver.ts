@@ -1,6 +1,7 @@
 import { readFileSync } from "node:fs";
 import { MetadataStore } from "@spire-csi-driver/metadata-store";
 import type { DriverConfig } from "./config/config.js";
+import { acquireDriverLock } from "./driver-lock.js";
 import { checkCsiServer } from "./csi/csi-self-check.js";
 import { startCsiServer } from "./csi/csi-server.js";
 import { KubeletRegistration } from "./csi/kubelet-registration.js";
@@ -30,29 +31,33 @@ const version = packageVersion();
 /** Wires config → agent client → volumes → CSI server, and tears it down in reverse order. */
 export async function runDriver(config: DriverConfig, logger: Logger): Promise<{ stop(): Promise<void> }> {
   logger.info({ version, config }, "starting spire-csi-driver");
-  const store = await MetadataStore.open(config.metadataDir, { logger: logger.child({ component: "metadata-store" }) });
-  const client = createAgentClient(config.agentSocket);
-  const availability = new AgentAvailability(config.agentSocket, logger);
-  await availability.start();
-  const backoff = { minMs: config.reconnectMinMs, maxMs: config.reconnectMaxMs };
   let volumes: VolumeManager | undefined;
-  const isReady = () => bundles.connected;
+  let agentConnected = () => false;
+  const isReady = () => agentConnected();
   const metrics = new DriverMetrics({ version, volumes: () => volumes, agentConnected: isReady });
-  const feedOptions = { client, availability, adminSocketPath: config.agentSocket, backoff, logger };
-  const bundles = x509BundleFeed({ ...feedOptions, onRetry: () => metrics.streamRetrying("x509-bundles") });
-  const jwtBundles = jwtBundleFeed({ ...feedOptions, onRetry: () => metrics.streamRetrying("jwt-bundles") });
-  bundles.on("change", () => metrics.bundlesChanged("x509"));
-  jwtBundles.on("change", () => metrics.bundlesChanged("jwt"));
-  bundles.start();
-  jwtBundles.start();
   let serving = false;
   const health: HealthChecks = {
-    // Re-adopting many volumes takes a while and is progress, not a hang: alive meanwhile.
+    // Waiting for the lock and re-adopting volumes are progress, not a hang: alive meanwhile.
     // The deadline is below the chart's probe timeoutSeconds, so a slow answer fails the check.
     live: async () => (serving ? checkCsiServer(config.pluginSocket, 2_000) : { ok: true }),
     ready: () => serving && isReady(),
   };
   const httpServers = await startHttpServers(config, metrics, health, logger);
+  // Before anything touches the metadata dir or a socket.
+  const lock = await acquireDriverLock(config.metadataDir, logger);
+  const store = await MetadataStore.open(config.metadataDir, { logger: logger.child({ component: "metadata-store" }) });
+  const client = createAgentClient(config.agentSocket);
+  const availability = new AgentAvailability(config.agentSocket, logger);
+  await availability.start();
+  const backoff = { minMs: config.reconnectMinMs, maxMs: config.reconnectMaxMs };
+  const feedOptions = { client, availability, adminSocketPath: config.agentSocket, backoff, logger };
+  const bundles = x509BundleFeed({ ...feedOptions, onRetry: () => metrics.streamRetrying("x509-bundles") });
+  const jwtBundles = jwtBundleFeed({ ...feedOptions, onRetry: () => metrics.streamRetrying("jwt-bundles") });
+  agentConnected = () => bundles.connected;
+  bundles.on("change", () => metrics.bundlesChanged("x509"));
+  jwtBundles.on("change", () => metrics.bundlesChanged("jwt"));
+  bundles.start();
+  jwtBundles.start();
   volumes = new VolumeManager({
     store,
     backing: config.volumeBacking === "tmpfs" ? { kind: "tmpfs", size: config.tmpfsSize } : { kind: "directory" },
@@ -99,6 +104,7 @@ export async function runDriver(config: DriverConfig, logger: Logger): Promise<{
       await Promise.all(httpServers.map((http) => http.close()));
       await Promise.all([bundles.stop(), jwtBundles.stop()]);
       await availability.stop();
+      await lock.release();
     },
   };
 }
