@@ -1,6 +1,7 @@
 import { readFileSync } from "node:fs";
 import { MetadataStore } from "@spire-csi-driver/metadata-store";
 import type { DriverConfig } from "./config/config.js";
+import { seLinuxEnabled } from "./config/selinux-context.js";
 import { acquireDriverLock } from "./driver-lock.js";
 import { checkCsiServer } from "./csi/csi-self-check.js";
 import { startCsiServer } from "./csi/csi-server.js";
@@ -27,6 +28,17 @@ function packageVersion(): string {
 }
 
 const version = packageVersion();
+
+/** The context= for volumes' tmpfs mounts: the configured one, on nodes that run SELinux. */
+async function tmpfsSeLinuxContext(config: DriverConfig, logger: Logger): Promise<string | undefined> {
+  if (config.seLinuxContext === undefined) return undefined;
+  if (await seLinuxEnabled()) {
+    logger.info({ seLinuxContext: config.seLinuxContext }, "SELinux is enabled: volumes are mounted with context=");
+    return config.seLinuxContext;
+  }
+  logger.info("SELinux is not enabled on this node: volumes are mounted without context=");
+  return undefined;
+}
 
 /** Wires config → agent client → volumes → CSI server, and tears it down in reverse order. */
 export async function runDriver(config: DriverConfig, logger: Logger): Promise<{ stop(): Promise<void> }> {
@@ -60,7 +72,7 @@ export async function runDriver(config: DriverConfig, logger: Logger): Promise<{
   jwtBundles.start();
   volumes = new VolumeManager({
     store,
-    backing: config.volumeBacking === "tmpfs" ? { kind: "tmpfs", size: config.tmpfsSize } : { kind: "directory" },
+    backing: config.volumeBacking === "tmpfs" ? { kind: "tmpfs", size: config.tmpfsSize, seLinuxContext: await tmpfsSeLinuxContext(config, logger) } : { kind: "directory" },
     publishTimeoutMs: config.publishTimeoutMs,
     logger: logger.child({ component: "volumes" }),
     volume: {

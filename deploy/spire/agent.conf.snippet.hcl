@@ -7,7 +7,9 @@
 #                         NOT in the Workload API socket's dir: pods that mount the Workload API
 #                         socket dir (e.g. through spiffe-csi) must not reach the admin API.
 #                         The driver's chart mounts the host dir `agent.adminSocketDir`
-#                         (default /run/spire/admin) and dials <dir>/`agent.adminSocketName`.
+#                         (default /run/spire/agent/sockets/csi.spiffe.io/admin, where the
+#                         hardened SPIRE chart puts it; docs/install.md) and dials
+#                         <dir>/`agent.adminSocketName`.
 #   authorized_delegates  SPIFFE IDs allowed to call the Delegated Identity API. The driver's
 #                         registration entry (see clusterspiffeid-driver.yaml / entries.sh)
 #                         must give it exactly this ID; otherwise every publish fails with
@@ -24,7 +26,7 @@ agent {
   socket_path       = "/run/spire/agent-sockets/spire-agent.sock"
 
   # Admin API for csi.spire.io.
-  admin_socket_path = "/run/spire/admin/admin.sock"
+  admin_socket_path = "/run/spire/agent/sockets/csi.spiffe.io/admin/admin.sock"
   authorized_delegates = [
     "spiffe://example.org/spire-csi-driver",
   ]
@@ -48,11 +50,11 @@ plugins {
 #     - name: spire-agent
 #       volumeMounts:
 #         - name: spire-admin-socket
-#           mountPath: /run/spire/admin
+#           mountPath: /run/spire/agent/sockets/csi.spiffe.io/admin
 #   volumes:
 #     - name: spire-admin-socket
 #       hostPath:
-#         path: /run/spire/admin
+#         path: /run/spire/agent/sockets/csi.spiffe.io/admin
 #         type: DirectoryOrCreate
 #
 # Do not delete and recreate that directory on agent start (e.g. from an init container): the

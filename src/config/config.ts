@@ -3,6 +3,7 @@ import { isAbsolute, join } from "node:path";
 import { parseArgs } from "node:util";
 import { z } from "zod";
 import { durationSchema } from "./duration.js";
+import { seLinuxContextSchema } from "./selinux-context.js";
 
 const absolutePath = z.string().refine(isAbsolute, "must be an absolute path");
 const hostPort = z.string().regex(/^$|^[^\s]*:[0-9]{1,5}$/, "must be host:port (e.g. 0.0.0.0:9809) or empty");
@@ -78,6 +79,12 @@ export const options = {
     help: "size limit of each volume's tmpfs (mount -o size=)",
     schema: z.string().regex(/^[1-9][0-9]*[kmg]?$/, "must look like 4m, 512k or 1g"),
   },
+  "selinux-context": {
+    env: "SPIRE_CSI_SELINUX_CONTEXT",
+    default: "system_u:object_r:container_file_t:s0",
+    help: "SELinux context each volume's tmpfs is mounted with (context=), so files written after kubelet's relabel are readable by confined pods; a context= in kubelet's mount flags wins; none: no context= option. Only applied where the node runs SELinux",
+    schema: z.union([z.literal("none").transform(() => undefined), seLinuxContextSchema]),
+  },
   "reconnect-min": {
     env: "SPIRE_CSI_RECONNECT_MIN",
     default: "500ms",
@@ -126,6 +133,8 @@ export interface DriverConfig {
   publishTimeoutMs: number;
   volumeBacking: "tmpfs" | "directory";
   tmpfsSize: string;
+  /** The tmpfs context= option for volumes kubelet sends none for; undefined for `none`. */
+  seLinuxContext: string | undefined;
   reconnectMinMs: number;
   reconnectMaxMs: number;
   /** Empty when disabled. */
@@ -191,6 +200,7 @@ export function loadConfig(argv: readonly string[], env: NodeJS.ProcessEnv): Dri
     publishTimeoutMs: value("publish-timeout"),
     volumeBacking: value("volume-backing"),
     tmpfsSize: value("tmpfs-size"),
+    seLinuxContext: value("selinux-context"),
     reconnectMinMs: value("reconnect-min"),
     reconnectMaxMs: value("reconnect-max"),
     healthAddress: value("health-address"),

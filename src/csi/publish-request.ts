@@ -5,6 +5,7 @@ import {
   type NodePublishVolumeRequest,
   type NodeUnpublishVolumeRequest,
 } from "../gen/csi/v1/csi_pb.js";
+import { seLinuxContextSchema } from "../config/selinux-context.js";
 import { checkKeyMode, parseVolumeAttributes } from "../volume/volume-attributes.js";
 import type { VolumeSpec } from "../volume/volume-spec.js";
 
@@ -74,7 +75,8 @@ export function parsePublishRequest(request: NodePublishVolumeRequest, kubeletRo
   const mountGroup = capability.accessType.value.volumeMountGroup;
   const fsGroup = attributes.fsGroup ?? parseMountGroup(mountGroup);
   checkKeyMode(attributes.keyMode, fsGroup);
-  return { volumeId, targetPath, pod, rawAttributes: raw, attributes, fsGroup };
+  const seLinuxContext = parseSeLinuxMountFlag(capability.accessType.value.mountFlags);
+  return { volumeId, targetPath, pod, rawAttributes: raw, attributes, fsGroup, seLinuxContext };
 }
 
 export function parseUnpublishRequest(request: NodeUnpublishVolumeRequest, kubeletRoot: string): { volumeId: string; targetPath: string } {
@@ -128,6 +130,23 @@ function requireContext(context: Record<string, string>, key: string, pattern: R
   }
   if (!pattern.test(value)) throw invalidArgument(`volume_context[${key}]`, `${JSON.stringify(value.slice(0, 80))} is not a valid value`);
   return value;
+}
+
+/**
+ * The pod's SELinux context, when kubelet mounts with labels (CSIDriver `seLinuxMount: true` and
+ * an SELinux node): it adds `context="<label>"` to the mount flags and then skips relabelling
+ * the volume. Other flags are not for a tmpfs of identity files and are ignored, as before.
+ */
+function parseSeLinuxMountFlag(flags: readonly string[]): string | undefined {
+  const contexts = flags.filter((flag) => flag.startsWith("context="));
+  if (contexts.length === 0) return undefined;
+  if (contexts.length > 1) throw invalidArgument("volume_capability.mount.mount_flags", "must hold at most one context= flag");
+  const value = contexts[0]!.slice("context=".length).replace(/^"(.*)"$/, "$1");
+  const parsed = seLinuxContextSchema.safeParse(value);
+  if (!parsed.success) {
+    throw invalidArgument("volume_capability.mount.mount_flags", `context= ${parsed.error.issues[0]?.message ?? "is not an SELinux context"}`);
+  }
+  return parsed.data;
 }
 
 function parseMountGroup(group: string): number | undefined {

@@ -7,14 +7,45 @@ import { isMountPoint } from "./mount-table.js";
 /** Shared by every volume: idle shells hold no event-loop reference and exit with the driver. */
 const mountCommands = new MountRunner();
 
-export type VolumeBacking = { kind: "tmpfs"; size: string } | { kind: "directory" };
+/**
+ * `seLinuxContext`: the context= every tmpfs gets unless kubelet asks for one; undefined where
+ * the node runs no SELinux (tmpfs refuses the option there) or the operator chose `none`.
+ */
+export type VolumeBacking = { kind: "tmpfs"; size: string; seLinuxContext: string | undefined } | { kind: "directory" };
+
+/**
+ * mount(8) options of a volume's tmpfs. The context= option labels the whole filesystem, so
+ * files written at every rotation carry the label a confined pod may read; a relabel by kubelet
+ * happens only once, before the first files, and would leave later ones with the tmpfs default.
+ * kubelet's context (the pod's own, with its MCS categories) wins over the driver's default.
+ */
+export function tmpfsMountOptions(
+  backing: Extract<VolumeBacking, { kind: "tmpfs" }>,
+  mode: number,
+  gid: number | undefined,
+  requestedSeLinuxContext: string | undefined,
+): string[] {
+  const options = [`size=${backing.size}`, `mode=${mode.toString(8)}`, "nosuid", "nodev", "noexec"];
+  if (gid !== undefined) options.push(`gid=${gid}`);
+  // Only where the node runs SELinux: without it, tmpfs rejects the option and the mount fails.
+  const context = backing.seLinuxContext === undefined ? undefined : (requestedSeLinuxContext ?? backing.seLinuxContext);
+  // Quoted, as kubelet writes it: the MCS categories of a level (s0:c1,c2) hold a comma.
+  if (context !== undefined) options.push(`context="${context}"`);
+  return options;
+}
 
 /**
  * Creates the volume's `mount` dir (kubelet only creates its parent) and, for tmpfs backing,
  * mounts a size-limited tmpfs on it so keys live in memory only. The mount is made in the host
  * mount namespace (the DaemonSet uses Bidirectional propagation), so it outlives the driver.
  */
-export async function prepareTarget(targetPath: string, backing: VolumeBacking, gid: number | undefined, mountTable?: ReadonlySet<string>): Promise<void> {
+export async function prepareTarget(
+  targetPath: string,
+  backing: VolumeBacking,
+  gid: number | undefined,
+  mountTable?: ReadonlySet<string>,
+  seLinuxContext?: string,
+): Promise<void> {
   const mode = gid === undefined ? 0o755 : 0o750;
   await requireRealDir(dirname(targetPath), "its parent dir (kubelet creates it before publishing)");
   const created = await mkdir(targetPath, { mode }).then(
@@ -30,8 +61,7 @@ export async function prepareTarget(targetPath: string, backing: VolumeBacking, 
   // A dir made just now cannot be a mount point; reading the mount table (one line per mount on
   // the node) is left for retries and re-adoption.
   if (backing.kind === "tmpfs" && (created || !(await isMountPoint(targetPath, mountTable)))) {
-    const options = [`size=${backing.size}`, `mode=${mode.toString(8)}`, "nosuid", "nodev", "noexec"];
-    if (gid !== undefined) options.push(`gid=${gid}`);
+    const options = tmpfsMountOptions(backing, mode, gid, seLinuxContext);
     await mountCommands.mount({ source: "tmpfs", target: targetPath, fsType: "tmpfs", options });
   } else if (gid !== undefined) {
     await chown(targetPath, 0, gid);

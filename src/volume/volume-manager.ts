@@ -120,7 +120,7 @@ export class VolumeManager {
     // Both settle before a failure is reported, so the cleanup never races a mount still in flight.
     const targetReady = Promise.allSettled([
       this.options.store.put(toRecord(spec)),
-      prepareTarget(spec.targetPath, this.options.backing, spec.fsGroup),
+      prepareTarget(spec.targetPath, this.options.backing, spec.fsGroup, undefined, spec.seLinuxContext),
     ]).then((outcomes) => {
       const failed = outcomes.find((outcome): outcome is PromiseRejectedResult => outcome.status === "rejected");
       if (failed) throw failed.reason;

@@ -17,6 +17,12 @@ export interface VolumeSpec {
   attributes: VolumeAttributes;
   /** Group that owns the files: the csi.spire.io/fs-group attribute or kubelet's volume_mount_group. */
   fsGroup: number | undefined;
+  /**
+   * The SELinux context kubelet asked the mount to carry (its `context=` mount flag), if any. Not
+   * recorded: a re-adopted volume keeps its mount, and one that must be mounted again after a
+   * restart gets the driver's --selinux-context.
+   */
+  seLinuxContext?: string | undefined;
 }
 
 /** The fields whose difference makes a second publish of the same volume a conflict. */

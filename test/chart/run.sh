@@ -154,14 +154,60 @@ scenario defaults \
 scenario custom \
   -kubelet-root /var/lib/k0s/kubelet -metrics-port 9900 -want-podmonitor \
   -metadata-dir /var/lib/k0s/spire-csi-driver/volumes -agent-socket-dir /run/spire/agent-admin \
-  -want-toleration-key dedicated -want-memory-limit 512Mi -want-priority-class platform-node-critical -- \
+  -want-toleration-key dedicated -want-memory-limit 512Mi -want-priority-class platform-node-critical \
+  -want-image registry.example.com/spire/spire-csi-driver@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef \
+  -want-pull-secrets regcred -want-common-label example.com/cost-center=platform -want-scc -want-selinux-type spc_t \
+  -want-extra-env NODE_OPTIONS -want-extra-volume ca-certs -want-selinux-context system_u:object_r:container_file_t:s0:c12,c345 -- \
   -f test/chart/values-custom.yaml
 scenario no-metrics \
   -kubelet-root /var/lib/kubelet -metrics-port 0 -- \
   -f test/chart/values-no-metrics.yaml
 
-# The image tag defaults to the chart's appVersion.
+# The chart as a subchart of an umbrella chart: global values are accepted (known ones used,
+# others ignored) and the strict schema still applies to the subchart's own values.
+umbrella="$work/umbrella"
+mkdir -p "$umbrella/charts"
+cp -r "$chart" "$umbrella/charts/spire-csi-driver"
+printf 'apiVersion: v2\nname: platform\nversion: 1.0.0\n' >"$umbrella/Chart.yaml"
+cat >"$umbrella/values.yaml" <<'EOF'
+global:
+  imageRegistry: mirror.example.com
+  imagePullSecrets:
+    - name: mirror-pull
+  commonLabels:
+    example.com/stack: identity
+  # Another subchart's global; this chart must ignore it.
+  storageClass: fast
+spire-csi-driver:
+  imagePullSecrets:
+    - name: regcred
+EOF
 app_version="$(sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' "$chart/Chart.yaml")"
+if "$helm" template platform "$umbrella" --namespace "$namespace" >"$work/umbrella.yaml" 2>"$work/umbrella.err"; then
+  pass "umbrella chart with global values renders"
+  "$checker" -manifest "$work/umbrella.yaml" -namespace "$namespace" \
+    -want-image "mirror.example.com/spire-csi-driver/spire-csi-driver:$app_version" \
+    -want-pull-secrets mirror-pull,regcred -want-common-label example.com/stack=identity >"$work/umbrella.check" 2>&1
+  n="$(sed -n 's/^RESULT passed=\([0-9]*\) failed=\([0-9]*\)$/\1/p' "$work/umbrella.check")"
+  m="$(sed -n 's/^RESULT passed=\([0-9]*\) failed=\([0-9]*\)$/\2/p' "$work/umbrella.check")"
+  if [ -n "$n" ] && [ "$m" = 0 ]; then
+    passed=$((passed + n))
+    echo "ok - umbrella: $n object checks"
+  else
+    fail "umbrella: checker"; grep -v '^ok - ' "$work/umbrella.check"
+  fi
+else
+  fail "umbrella chart with global values renders"; cat "$work/umbrella.err"
+fi
+if "$helm" template platform "$umbrella" -n "$namespace" --set spire-csi-driver.kubeletDir=/x >"$work/umbrella-typo.out" 2>&1; then
+  fail "umbrella: a typo in the subchart's values is still rejected (it rendered)"
+elif grep -q "kubeletDir" "$work/umbrella-typo.out"; then
+  pass "umbrella: a typo in the subchart's values is still rejected"
+else
+  fail "umbrella: a typo in the subchart's values is rejected naming it"; cat "$work/umbrella-typo.out"
+fi
+
+# The image tag defaults to the chart's appVersion.
 if "$helm" template spire-csi-driver "$chart" -n "$namespace" | grep -q "image: \"ghcr.io/spire-csi-driver/spire-csi-driver:$app_version\""; then
   pass "image tag defaults to appVersion $app_version"
 else
@@ -239,7 +285,10 @@ expect_reject "volumeBacking other than tmpfs|directory" "volumeBacking" --set v
 expect_reject "a relative kubeletRoot" "kubeletRoot" --set kubeletRoot=var/lib/kubelet
 expect_reject "a bad tmpfsSize" "tmpfsSize" --set tmpfsSize=4MB
 expect_reject "a bad publishTimeout" "publishTimeout" --set publishTimeout=30
-expect_reject "rollingUpdate.maxSurge (two drivers per node)" "maxSurge" --set updateStrategy.rollingUpdate.maxSurge=1
+expect_reject "rollingUpdate.maxSurge (a second driver on the node could only wait for the lock)" "maxSurge" --set updateStrategy.rollingUpdate.maxSurge=1
+expect_reject "an image digest that is not sha256:<64 hex>" "digest" --set image.digest=latest
+expect_reject "a malformed seLinuxContext" "seLinuxContext" --set seLinuxContext=container_file_t
+expect_reject "an unknown seLinuxOptions key" "typo" --set seLinuxOptions.typo=x
 expect_reject "a delegate SPIFFE ID outside the trust domain" "must be in spire.trustDomain" \
   --set spire.trustDomain=example.org --set spire.delegateSpiffeId=spiffe://other.org/spire-csi-driver
 expect_reject "podMonitor without metrics" "podMonitor.enabled needs metrics.enabled" \

@@ -28,6 +28,9 @@ helm.sh/chart: {{ include "spire-csi-driver.chart" . }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/component: csi-node-plugin
+{{- with (merge (dict) (.Values.commonLabels | default dict) ((.Values.global).commonLabels | default dict)) }}
+{{ toYaml . }}
+{{- end }}
 {{- end -}}
 
 {{- define "spire-csi-driver.serviceAccountName" -}}
@@ -38,8 +41,37 @@ app.kubernetes.io/component: csi-node-plugin
 {{- end -}}
 {{- end -}}
 
+{{/* <registry>/<repository>:<tag>, or <registry>/<repository>@<digest>; global.imageRegistry wins. */}}
 {{- define "spire-csi-driver.image" -}}
-{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- $registry := (.Values.global).imageRegistry | default .Values.image.registry -}}
+{{- $name := ternary (printf "%s/%s" $registry .Values.image.repository) .Values.image.repository (ne $registry "") -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" $name .Values.image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" $name (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* global.imagePullSecrets, then imagePullSecrets. */}}
+{{- define "spire-csi-driver.imagePullSecrets" -}}
+{{- $secrets := concat ((.Values.global).imagePullSecrets | default list) (.Values.imagePullSecrets | default list) -}}
+{{- with $secrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
+
+{{/*
+The driver container's securityContext: the fields the driver cannot work without, then the
+operator's additions (containerSecurityContext, seLinuxOptions), which cannot override them.
+*/}}
+{{- define "spire-csi-driver.containerSecurityContext" -}}
+{{- $required := dict "privileged" true "runAsUser" 0 "runAsNonRoot" false "readOnlyRootFilesystem" true -}}
+{{- $context := merge $required (deepCopy .Values.containerSecurityContext) -}}
+{{- with .Values.seLinuxOptions }}
+{{- $_ := set $context "seLinuxOptions" . -}}
+{{- end }}
+{{- toYaml $context -}}
 {{- end -}}
 
 {{/* kubeletRoot without a trailing slash; every kubelet path derives from it. */}}

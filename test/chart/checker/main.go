@@ -61,7 +61,7 @@ func main() {
 	flag.StringVar(&o.kubeletRoot, "kubelet-root", "/var/lib/kubelet", "expected kubeletRoot")
 	flag.StringVar(&o.namespace, "namespace", "", "expected namespace of namespaced objects")
 	flag.StringVar(&o.metadataDir, "metadata-dir", "/var/lib/spire-csi-driver/volumes", "expected metadata host dir")
-	flag.StringVar(&o.agentSocketDir, "agent-socket-dir", "/run/spire/admin", "expected agent admin socket host dir")
+	flag.StringVar(&o.agentSocketDir, "agent-socket-dir", "/run/spire/agent/sockets/csi.spiffe.io/admin", "expected agent admin socket host dir")
 	flag.StringVar(&o.wantTolerationKey, "want-toleration-key", "", "a toleration key that must be present")
 	flag.StringVar(&o.wantMemoryLimit, "want-memory-limit", "", "expected memory limit of the driver container")
 	flag.StringVar(&o.wantPriorityClass, "want-priority-class", "system-node-critical", "expected priorityClassName")
@@ -152,7 +152,9 @@ func main() {
 					"hint", "fallback", "autoPopulateDNSNames"}, key), "%s spec field %q is a ClusterSPIFFEID field", where, key)
 			}
 		default:
-			c.check(false, "%s: unexpected kind; teach the checker its Go type", where)
+			if !decodeOperabilityObject(c, where, h.APIVersion+"/"+h.Kind, doc) {
+				c.check(false, "%s: unexpected kind; teach the checker its Go type", where)
+			}
 		}
 	}
 	if o.decodeOnly {
@@ -177,6 +179,11 @@ func main() {
 			checkNamespaced(c, "ServiceAccount", accounts[0].Name, accounts[0].Namespace, o.namespace)
 		}
 		checkDaemonSet(c, &daemonSets[0], sa, o)
+		var csiDriver *storagev1.CSIDriver
+		if len(csiDrivers) == 1 {
+			csiDriver = &csiDrivers[0]
+		}
+		checkOperability(c, docs, &daemonSets[0], csiDriver, sa, o.namespace)
 		if len(monitors) == 1 {
 			checkPodMonitor(c, &monitors[0], &daemonSets[0], o)
 		}
