@@ -3,7 +3,8 @@
 # csi-sanity, spiffe-helper) with `go build` through the Go module proxy, into a cache outside
 # the clone keyed by version (bin/<name>-<version>), so a fresh clone on the same machine reuses
 # them. Usage: build-peers.sh [peer...] (default: SPIRE, csi-sanity, spiffe-helper; `kubernetes` builds
-# kube-apiserver, kube-controller-manager, kube-scheduler, kubelet and kubectl for the real-node suite). Progress goes to stderr; the bin
+# kube-apiserver, kube-controller-manager, kube-scheduler, kubelet and kubectl for the real-node suite;
+# `promtool` builds Prometheus's rule checker for the chart's alert tests). Progress goes to stderr; the bin
 # directory is the last line of stdout. Env: SPIRE_CSI_PEER_CACHE overrides the cache root.
 set -euo pipefail
 
@@ -16,6 +17,9 @@ SPIFFE_HELPER_VERSION="${SPIFFE_HELPER_VERSION:-v0.11.0}"
 # suite (a DaemonSet needs its controller and the scheduler to get a pod; 1.34 is the newest kubelet that runs
 # on cgroup v1 without failCgroupV1: false; see docs/real-node.md).
 KUBERNETES_VERSION="${KUBERNETES_VERSION:-v1.34.4}"
+# promtool for `promtool check rules` / `promtool test rules` on the chart's PrometheusRule. The
+# Prometheus module tags v3.x releases as v0.3xx.y: v0.310.0 is Prometheus v3.10.0.
+PROMETHEUS_MODULE_VERSION="${PROMETHEUS_MODULE_VERSION:-v0.310.0}"
 
 cache_root="${SPIRE_CSI_PEER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/spire-csi-driver/peers}"
 bin_dir="$cache_root/bin"
@@ -146,6 +150,10 @@ spire_replace="github.com/Keyfactor/ejbca-go-client-sdk => github.com/Keyfactor/
 spire_ldflags="-X github.com/spiffe/spire/pkg/common/version.gittag=${SPIRE_VERSION#v}"
 helper_ldflags="-X github.com/spiffe/spiffe-helper/pkg/version.gittag=${SPIFFE_HELPER_VERSION#v}"
 sanity_ldflags="-X main.VERSION=$CSI_TEST_VERSION"
+# v0.3MM.P -> 3.MM.P (MM without a leading zero), as promtool --version reports its release.
+prometheus_minor="${PROMETHEUS_MODULE_VERSION#v0.3}"
+prometheus_release="3.$((10#${prometheus_minor%%.*})).${PROMETHEUS_MODULE_VERSION##*.}"
+promtool_ldflags="-X github.com/prometheus/common/version.Version=$prometheus_release"
 
 want="${*:-spire-server spire-agent csi-sanity spiffe-helper}"
 for peer in $want; do
@@ -155,7 +163,8 @@ for peer in $want; do
     csi-sanity) PEER_LDFLAGS="$sanity_ldflags" install_peer csi-sanity "$CSI_TEST_VERSION" 0 github.com/kubernetes-csi/csi-test/v5 github.com/kubernetes-csi/csi-test/v5/cmd/csi-sanity ;;
     spiffe-helper) PEER_LDFLAGS="$helper_ldflags" install_peer spiffe-helper "$SPIFFE_HELPER_VERSION" 0 github.com/spiffe/spiffe-helper github.com/spiffe/spiffe-helper/cmd/spiffe-helper ;;
     kubernetes) install_kubernetes ;;
-    *) say "unknown peer '$peer' (known: spire-server spire-agent csi-sanity spiffe-helper kubernetes)"; exit 2 ;;
+    promtool) PEER_LDFLAGS="$promtool_ldflags" install_peer promtool "$PROMETHEUS_MODULE_VERSION" 0 github.com/prometheus/prometheus github.com/prometheus/prometheus/cmd/promtool ;;
+    *) say "unknown peer '$peer' (known: spire-server spire-agent csi-sanity spiffe-helper kubernetes promtool)"; exit 2 ;;
   esac
 done
 echo "$bin_dir"

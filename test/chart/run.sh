@@ -8,6 +8,9 @@
 #   and test/chart/values-no-metrics.yaml;
 # - decodes every rendered object strictly against the Kubernetes API types (Go checker in
 #   test/chart/checker, unknown or duplicate fields fail) and asserts the fields the driver needs;
+# - renders it as the subchart of an umbrella chart with global values;
+# - runs `promtool check rules` and `promtool test rules` (test/chart/prometheusrule-test.yaml) on
+#   the PrometheusRule (promtool from scripts/build-peers.sh);
 # - checks that the schema and the templates reject bad values.
 #
 # Exits non-zero on any failure. The last line is "chart: N passed, M failed".
@@ -157,7 +160,8 @@ scenario custom \
   -want-toleration-key dedicated -want-memory-limit 512Mi -want-priority-class platform-node-critical \
   -want-image registry.example.com/spire/spire-csi-driver@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef \
   -want-pull-secrets regcred -want-common-label example.com/cost-center=platform -want-scc -want-selinux-type spc_t \
-  -want-extra-env NODE_OPTIONS -want-extra-volume ca-certs -want-selinux-context system_u:object_r:container_file_t:s0:c12,c345 -- \
+  -want-extra-env NODE_OPTIONS -want-extra-volume ca-certs -want-selinux-context system_u:object_r:container_file_t:s0:c12,c345 \
+  -want-prometheusrule -want-dashboard -- \
   -f test/chart/values-custom.yaml
 scenario no-metrics \
   -kubelet-root /var/lib/kubelet -metrics-port 0 -- \
@@ -238,6 +242,35 @@ else
   fail "NOTES.txt names admin_socket_path, authorized_delegates and the driver's entry"; cat "$work/notes.yaml" "$work/notes.out"
 fi
 
+# --- alerts: promtool check rules + promtool test rules ------------------------------------
+# The PrometheusRule rendered with the default thresholds, extracted by the checker as a plain
+# rule file, and tested with test/chart/prometheusrule-test.yaml (promtool from the peer cache).
+prometheus_version="$(sed -n 's/^PROMETHEUS_MODULE_VERSION="\${PROMETHEUS_MODULE_VERSION:-\(.*\)}"$/\1/p' scripts/build-peers.sh)"
+promtool_dir="$(bash scripts/build-peers.sh promtool 2>"$work/promtool-build.log" | tail -n 1)"
+promtool="$promtool_dir/promtool-$prometheus_version"
+if [ ! -x "$promtool" ]; then
+  fail "build promtool $prometheus_version (scripts/build-peers.sh promtool)"; cat "$work/promtool-build.log"
+else
+  mkdir -p "$work/rules"
+  if "$helm" template spire-csi-driver "$chart" -n "$namespace" --set prometheusRule.enabled=true >"$work/rules/render.yaml" 2>&1 &&
+    "$checker" -manifest "$work/rules/render.yaml" -namespace "$namespace" -want-prometheusrule -extract-rules "$work/rules/rules.yaml" >"$work/rules/check.out" 2>&1; then
+    pass "PrometheusRule renders and decodes"
+  else
+    fail "PrometheusRule renders and decodes"; cat "$work/rules/render.yaml" "$work/rules/check.out"
+  fi
+  if "$promtool" check rules "$work/rules/rules.yaml" >"$work/rules/promtool-check.out" 2>&1; then
+    pass "promtool check rules: $(grep -o '[0-9]* rules found' "$work/rules/promtool-check.out")"
+  else
+    fail "promtool check rules"; cat "$work/rules/promtool-check.out"
+  fi
+  cp test/chart/prometheusrule-test.yaml "$work/rules/"
+  if "$promtool" test rules "$work/rules/prometheusrule-test.yaml" >"$work/rules/promtool-test.out" 2>&1; then
+    pass "promtool test rules: every alert fires when it should and not before"
+  else
+    fail "promtool test rules"; cat "$work/rules/promtool-test.out"
+  fi
+fi
+
 # --- examples/ and deploy/spire/ decode strictly too ------------------------------------------
 # The attribute keys the driver accepts, from its zod schema (so the list never goes stale).
 known_attributes="$(grep -o '"csi\.spire\.io/[a-z0-9-]*":' src/volume/volume-attributes.ts | tr -d '":' | sort -u | paste -sd, -)"
@@ -293,5 +326,7 @@ expect_reject "a delegate SPIFFE ID outside the trust domain" "must be in spire.
   --set spire.trustDomain=example.org --set spire.delegateSpiffeId=spiffe://other.org/spire-csi-driver
 expect_reject "podMonitor without metrics" "podMonitor.enabled needs metrics.enabled" \
   --set podMonitor.enabled=true --set metrics.enabled=false
+expect_reject "prometheusRule without metrics" "prometheusRule.enabled needs metrics.enabled" \
+  --set prometheusRule.enabled=true --set metrics.enabled=false
 
 finish

@@ -115,6 +115,24 @@ describe("real SPIRE agent", { timeout: 10 * 60_000 }, () => {
     await kubelet.unpublish(retried);
   });
 
+  test("entries shaped as spire-controller-manager writes them (k8s:pod-uid under the node's agent, plus k8s:ns from a workloadSelectorTemplate) serve that pod only", async () => {
+    // A ClusterSPIFFEID makes one entry per pod, parented to the agent of the pod's node, with the
+    // selector k8s:pod-uid:<uid> and whatever its workloadSelectorTemplates add, e.g.
+    // k8s:ns:{{ .PodMeta.Namespace }} (spire-controller-manager pkg/spireentry renderPodEntry).
+    const api0 = { uid: "aa11bb22-0000-4000-8000-000000000004", name: "api-0", namespace: "shop", serviceAccount: "api" };
+    const api1 = { uid: "aa11bb22-0000-4000-8000-000000000005", name: "api-1", namespace: "shop", serviceAccount: "api" };
+    const api2 = { uid: "aa11bb22-0000-4000-8000-000000000006", name: "api-2", namespace: "shop", serviceAccount: "api" };
+    const apiId = "spiffe://example.org/ns/shop/sa/api";
+    await spire.createEntry({ spiffeId: apiId, parentId: spire.agentId, selectors: [`k8s:pod-uid:${api0.uid}`] });
+    await spire.createEntry({ spiffeId: apiId, parentId: spire.agentId, selectors: ["k8s:ns:shop", `k8s:pod-uid:${api2.uid}`] });
+    const served = [await kubelet.publish(api0, "svid", {}, { maxAttempts: 10, maxDelayMs: 2000 }), await kubelet.publish(api2, "svid", {}, { maxAttempts: 10, maxDelayMs: 2000 })];
+    for (const volume of served) assert.equal((await readVolumeIdentity(volume.targetPath)).spiffeId, apiId);
+    // A sibling pod with the same namespace and service account is covered by neither entry.
+    const sibling = await kubelet.tryPublish(api1, "svid", {}, { maxAttempts: 1 });
+    assert.equal(sibling.error?.code, Code.DeadlineExceeded, sibling.error?.message);
+    for (const volume of served) await kubelet.unpublish(volume);
+  });
+
   test("agent killed and restarted: files never go away, streams recover, rotation continues", async () => {
     const before = await readVolumeIdentity(volumes[0]!.targetPath);
     await spire.stopAgent("SIGKILL");

@@ -5,8 +5,10 @@ package main
 // SecurityContextConstraints and the PrometheusRule.
 
 import (
+	"encoding/json"
 	"flag"
 	"fmt"
+	"os"
 	"slices"
 	"strings"
 
@@ -27,6 +29,8 @@ var (
 	wantExtraVolume    = flag.String("want-extra-volume", "", "a volume name the pod must have, mounted by the driver")
 	wantSELinuxArg     = flag.String("want-selinux-context", "system_u:object_r:container_file_t:s0", "expected --selinux-context")
 	wantPrometheusRule = flag.Bool("want-prometheusrule", false, "a PrometheusRule must be rendered")
+	extractRules       = flag.String("extract-rules", "", "write the PrometheusRule's spec (a Prometheus rule file) to this path")
+	wantDashboard      = flag.Bool("want-dashboard", false, "a Grafana dashboard ConfigMap must be rendered")
 )
 
 var (
@@ -113,6 +117,7 @@ func checkOperability(c *checks, docs [][]byte, ds *appsv1.DaemonSet, csiDriver 
 		c.check(!inSelector, "common labels stay out of the DaemonSet's immutable selector")
 	}
 
+	checkDashboard(c, docs)
 	if *wantSCC {
 		c.check(len(sccs) == 1, "exactly one SecurityContextConstraints (%d)", len(sccs))
 		if len(sccs) == 1 {
@@ -123,8 +128,43 @@ func checkOperability(c *checks, docs [][]byte, ds *appsv1.DaemonSet, csiDriver 
 	}
 	if *wantPrometheusRule {
 		c.check(len(rules) == 1, "exactly one PrometheusRule (%d)", len(rules))
+		if len(rules) == 1 && *extractRules != "" {
+			spec, _, _ := unstructured.NestedMap(rules[0].Object, "spec")
+			out, err := yaml.Marshal(spec)
+			if err == nil {
+				err = os.WriteFile(*extractRules, out, 0o644)
+			}
+			c.check(err == nil, "PrometheusRule spec written to %s as a rule file%s", *extractRules, errSuffix(err))
+		}
 	} else {
 		c.check(len(rules) == 0, "no PrometheusRule by default (%d)", len(rules))
+	}
+}
+
+func checkDashboard(c *checks, docs [][]byte) {
+	found := 0
+	for _, doc := range docs {
+		var cm corev1.ConfigMap
+		if err := yaml.Unmarshal(doc, &cm); err != nil || cm.Kind != "ConfigMap" {
+			continue
+		}
+		body, ok := cm.Data["spire-csi-driver.json"]
+		if !ok {
+			continue
+		}
+		found++
+		c.check(cm.Labels["grafana_dashboard"] == "1", "dashboard ConfigMap has the Grafana sidecar label grafana_dashboard=1")
+		var dashboard struct {
+			UID    string `json:"uid"`
+			Panels []any  `json:"panels"`
+		}
+		err := json.Unmarshal([]byte(body), &dashboard)
+		c.check(err == nil && dashboard.UID == "spire-csi-driver" && len(dashboard.Panels) > 0, "dashboard ConfigMap holds the dashboard JSON%s", errSuffix(err))
+	}
+	if *wantDashboard {
+		c.check(found == 1, "exactly one dashboard ConfigMap (%d)", found)
+	} else {
+		c.check(found == 0, "no dashboard ConfigMap by default (%d)", found)
 	}
 }
 
