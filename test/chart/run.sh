@@ -211,6 +211,14 @@ else
   fail "umbrella: a typo in the subchart's values is rejected naming it"; cat "$work/umbrella-typo.out"
 fi
 
+# A repository that names its registry (values from before image.registry) is used as is.
+if "$helm" template spire-csi-driver "$chart" -n "$namespace" --set image.repository=registry.example.com/spire/spire-csi-driver |
+  grep -q "image: \"registry.example.com/spire/spire-csi-driver:$app_version\""; then
+  pass "a repository with a registry host is not prefixed with image.registry"
+else
+  fail "a repository with a registry host is not prefixed with image.registry"
+fi
+
 # The image tag defaults to the chart's appVersion.
 if "$helm" template spire-csi-driver "$chart" -n "$namespace" | grep -q "image: \"ghcr.io/spire-csi-driver/spire-csi-driver:$app_version\""; then
   pass "image tag defaults to appVersion $app_version"

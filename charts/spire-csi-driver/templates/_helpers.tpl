@@ -41,10 +41,18 @@ app.kubernetes.io/component: csi-node-plugin
 {{- end -}}
 {{- end -}}
 
-{{/* <registry>/<repository>:<tag>, or <registry>/<repository>@<digest>; global.imageRegistry wins. */}}
+{{/*
+<registry>/<repository>:<tag>, or <registry>/<repository>@<digest>; global.imageRegistry wins over
+image.registry. A repository that already starts with a registry host (a first path component
+with "." or ":", or localhost, as image references are parsed) is used as is, so values written
+before image.registry existed (repository: registry.example.com/spire/spire-csi-driver) keep
+their meaning.
+*/}}
 {{- define "spire-csi-driver.image" -}}
 {{- $registry := (.Values.global).imageRegistry | default .Values.image.registry -}}
-{{- $name := ternary (printf "%s/%s" $registry .Values.image.repository) .Values.image.repository (ne $registry "") -}}
+{{- $host := first (splitList "/" .Values.image.repository) -}}
+{{- $namesRegistry := and (contains "/" .Values.image.repository) (or (contains "." $host) (contains ":" $host) (eq $host "localhost")) -}}
+{{- $name := ternary (printf "%s/%s" $registry .Values.image.repository) .Values.image.repository (and (ne $registry "") (not $namesRegistry)) -}}
 {{- if .Values.image.digest -}}
 {{- printf "%s@%s" $name .Values.image.digest -}}
 {{- else -}}
