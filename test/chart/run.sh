@@ -155,7 +155,7 @@ scenario defaults \
   -kubelet-root /var/lib/kubelet -metrics-port 9809 -want-memory-limit 256Mi -- \
   --set image.tag=test
 scenario custom \
-  -kubelet-root /var/lib/k0s/kubelet -metrics-port 9900 -want-podmonitor \
+  -kubelet-root /var/lib/k0s/kubelet -metrics-port 9900 -health-port 9901 -want-podmonitor \
   -metadata-dir /var/lib/k0s/spire-csi-driver/volumes -agent-socket-dir /run/spire/agent-admin \
   -want-toleration-key dedicated -want-memory-limit 512Mi -want-priority-class platform-node-critical \
   -want-image registry.example.com/spire/spire-csi-driver@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef \
@@ -332,6 +332,10 @@ expect_reject "a malformed seLinuxContext" "seLinuxContext" --set seLinuxContext
 expect_reject "an unknown seLinuxOptions key" "typo" --set seLinuxOptions.typo=x
 expect_reject "a delegate SPIFFE ID outside the trust domain" "must be in spire.trustDomain" \
   --set spire.trustDomain=example.org --set spire.delegateSpiffeId=spiffe://other.org/spire-csi-driver
+expect_reject "health.port equal to metrics.port" "health.port and metrics.port must differ" \
+  --set health.port=9809 --set metrics.port=9809
+expect_reject "an unknown sidecars key (the chart has no sidecars)" "additional properties 'sidecars' not allowed|sidecars" \
+  --set sidecars.livenessProbe.healthPort=9808
 expect_reject "podMonitor without metrics" "podMonitor.enabled needs metrics.enabled" \
   --set podMonitor.enabled=true --set metrics.enabled=false
 expect_reject "prometheusRule without metrics" "prometheusRule.enabled needs metrics.enabled" \

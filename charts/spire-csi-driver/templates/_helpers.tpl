@@ -99,6 +99,9 @@ operator's additions (containerSecurityContext, seLinuxOptions), which cannot ov
 
 {{/* Fails the render on values that cannot work together. */}}
 {{- define "spire-csi-driver.validate" -}}
+{{- if and .Values.metrics.enabled (eq (int .Values.health.port) (int .Values.metrics.port)) -}}
+{{- fail (printf "health.port and metrics.port must differ (both %v): the probes and /metrics are two named ports of the driver container" .Values.health.port) -}}
+{{- end -}}
 {{- $td := .Values.spire.trustDomain -}}
 {{- if not (hasPrefix (printf "spiffe://%s/" $td) .Values.spire.delegateSpiffeId) -}}
 {{- fail (printf "spire.delegateSpiffeId %q must be in spire.trustDomain %q: authorized_delegates name workloads of the agent's own trust domain" .Values.spire.delegateSpiffeId $td) -}}

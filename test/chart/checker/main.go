@@ -3,7 +3,7 @@
 // spire-csi-driver chart must produce. It prints one line per check ("ok - ..." or
 // "not ok - ...") and a last line "RESULT passed=N failed=M"; it exits 1 if any check failed.
 //
-// Usage: checker -manifest rendered.yaml -kubelet-root /var/lib/kubelet [-metrics-port 9809]
+// Usage: checker -manifest rendered.yaml -kubelet-root /var/lib/kubelet [-metrics-port 9809] [-health-port 9808]
 //
 //	[-want-podmonitor] [-namespace spire-system] [-metadata-dir ...] [-agent-socket-dir ...]
 //	[-want-toleration-key key] [-want-memory-limit 512Mi] [-want-priority-class name]
@@ -45,7 +45,7 @@ func (c *checks) check(ok bool, format string, args ...any) {
 type options struct {
 	manifest, kubeletRoot, namespace, metadataDir, agentSocketDir string
 	wantTolerationKey, wantMemoryLimit, wantPriorityClass         string
-	metricsPort                                                   int
+	metricsPort, healthPort                                       int
 	wantPodMonitor, decodeOnly                                    bool
 	knownAttributes                                               []string
 }
@@ -66,6 +66,7 @@ func main() {
 	flag.StringVar(&o.wantMemoryLimit, "want-memory-limit", "", "expected memory limit of the driver container")
 	flag.StringVar(&o.wantPriorityClass, "want-priority-class", "system-node-critical", "expected priorityClassName")
 	flag.IntVar(&o.metricsPort, "metrics-port", 9809, "expected metrics port; 0 = metrics disabled")
+	flag.IntVar(&o.healthPort, "health-port", 9808, "expected port of /healthz and /readyz")
 	flag.BoolVar(&o.wantPodMonitor, "want-podmonitor", false, "a PodMonitor must be rendered")
 	flag.BoolVar(&o.decodeOnly, "decode-only", false, "only decode strictly and check csi.spire.io volumes (examples, deploy/)")
 	knownAttributes := flag.String("known-attributes", "csi.spire.io/layout,csi.spire.io/cert-file,csi.spire.io/key-file,csi.spire.io/bundle-file,csi.spire.io/fs-group",
@@ -319,25 +320,20 @@ func checkDaemonSet(c *checks, ds *appsv1.DaemonSet, serviceAccount string, o op
 		c.check(ctr.Image != "" && strings.Contains(ctr.Image, ":") && !strings.HasSuffix(ctr.Image, ":"), "%s: image %q has a tag", ctr.Name, ctr.Image)
 		for _, probe := range []*corev1.Probe{ctr.LivenessProbe, ctr.ReadinessProbe} {
 			if probe != nil && probe.HTTPGet != nil && probe.HTTPGet.Port.StrVal != "" {
-				// A named port may live in another container of the pod (the livenessprobe sidecar).
+				// kubelet resolves a probe's named port only in the probed container's own ports.
 				found := false
-				for _, other := range pod.Containers {
-					for _, p := range other.Ports {
-						found = found || p.Name == probe.HTTPGet.Port.StrVal
-					}
+				for _, p := range ctr.Ports {
+					found = found || p.Name == probe.HTTPGet.Port.StrVal
 				}
-				c.check(found, "%s: probe port %q is declared in the pod", ctr.Name, probe.HTTPGet.Port.StrVal)
+				c.check(found, "%s: probe port %q is declared on the probed container itself", ctr.Name, probe.HTTPGet.Port.StrVal)
 			}
 		}
 	}
 
 	driver := findContainer(pod, "driver")
-	registrar := findContainer(pod, "node-driver-registrar")
-	liveness := findContainer(pod, "liveness-probe")
 	c.check(driver != nil, "driver container exists")
-	c.check(registrar != nil, "node-driver-registrar container exists")
-	c.check(liveness != nil, "liveness-probe container exists")
-	if driver == nil || registrar == nil || liveness == nil {
+	c.check(len(pod.Containers) == 1, "one container: the driver registers itself and serves its own liveness (got %d)", len(pod.Containers))
+	if driver == nil {
 		return
 	}
 
@@ -356,21 +352,20 @@ func checkDaemonSet(c *checks, ds *appsv1.DaemonSet, serviceAccount string, o op
 	plugin := hostPathOf(pod, "plugin-dir")
 	c.check(plugin != nil && plugin.Path == root+"/plugins/csi.spire.io", "hostPath plugin-dir is %s/plugins/csi.spire.io", root)
 	c.check(plugin != nil && plugin.Type != nil && *plugin.Type == corev1.HostPathDirectoryOrCreate, "plugin-dir is DirectoryOrCreate")
-	for _, ctr := range []*corev1.Container{driver, registrar, liveness} {
-		pm := mountOf(ctr, "plugin-dir")
-		c.check(pm != nil && pm.MountPath == "/csi", "%s mounts plugin-dir at /csi", ctr.Name)
-	}
+	pm := mountOf(driver, "plugin-dir")
+	c.check(pm != nil && pm.MountPath == "/csi", "driver mounts plugin-dir at /csi")
 	sock, _ := flagValue(driver.Args, "plugin-socket")
 	c.check(sock == "/csi/csi.sock", "driver --plugin-socket=/csi/csi.sock (got %q)", sock)
 
 	reg := hostPathOf(pod, "registration-dir")
 	c.check(reg != nil && reg.Path == root+"/plugins_registry", "hostPath registration-dir is %s/plugins_registry", root)
-	rm := mountOf(registrar, "registration-dir")
-	c.check(rm != nil && rm.MountPath == "/registration", "registrar mounts registration-dir at /registration")
-	regPath, _ := flagValue(registrar.Args, "kubelet-registration-path")
-	c.check(regPath == root+"/plugins/csi.spire.io/csi.sock", "registrar --kubelet-registration-path matches kubeletRoot (%q)", regPath)
-	csiAddr, _ := flagValue(registrar.Args, "csi-address")
-	c.check(csiAddr == "/csi/csi.sock", "registrar --csi-address=/csi/csi.sock (got %q)", csiAddr)
+	c.check(reg != nil && reg.Type != nil && *reg.Type == corev1.HostPathDirectory, "registration-dir is Directory (kubelet creates it)")
+	rm := mountOf(driver, "registration-dir")
+	c.check(rm != nil && rm.MountPath == "/registration", "driver mounts registration-dir at /registration")
+	regSock, _ := flagValue(driver.Args, "registration-socket")
+	c.check(regSock == "/registration/csi.spire.io-reg.sock", "driver --registration-socket=/registration/csi.spire.io-reg.sock (got %q)", regSock)
+	hostSock, _ := flagValue(driver.Args, "plugin-socket-host-path")
+	c.check(hostSock == root+"/plugins/csi.spire.io/csi.sock", "driver --plugin-socket-host-path is the CSI socket on the host under kubeletRoot (%q)", hostSock)
 
 	meta := hostPathOf(pod, "metadata-dir")
 	c.check(meta != nil && meta.Path == o.metadataDir, "hostPath metadata-dir is %s", o.metadataDir)
@@ -398,28 +393,30 @@ func checkDaemonSet(c *checks, ds *appsv1.DaemonSet, serviceAccount string, o op
 	c.check(nodeName != nil && nodeName.ValueFrom != nil && nodeName.ValueFrom.FieldRef != nil &&
 		nodeName.ValueFrom.FieldRef.FieldPath == "spec.nodeName", "driver env NODE_NAME comes from spec.nodeName")
 
-	// Health: liveness through the livenessprobe sidecar, readiness on /readyz when metrics are on.
-	lport, _ := flagValue(liveness.Args, "health-port")
-	la, _ := flagValue(liveness.Args, "csi-address")
-	c.check(la == "/csi/csi.sock", "livenessprobe --csi-address=/csi/csi.sock (got %q)", la)
-	c.check(driver.LivenessProbe != nil && driver.LivenessProbe.HTTPGet != nil && driver.LivenessProbe.HTTPGet.Path == "/healthz" &&
-		len(liveness.Ports) == 1 && fmt.Sprint(liveness.Ports[0].ContainerPort) == lport &&
-		driver.LivenessProbe.HTTPGet.Port.StrVal == liveness.Ports[0].Name,
-		"driver liveness probe hits the livenessprobe sidecar's --health-port (%s)", lport)
+	// Health: kubelet's own probes on the driver's named port healthz; /metrics on its own port.
+	healthAddr, _ := flagValue(driver.Args, "health-address")
+	c.check(healthAddr == fmt.Sprintf("0.0.0.0:%d", o.healthPort), "driver --health-address=0.0.0.0:%d (got %q)", o.healthPort, healthAddr)
+	ports := map[string]int32{}
+	for _, p := range driver.Ports {
+		ports[p.Name] = p.ContainerPort
+	}
+	c.check(int(ports["healthz"]) == o.healthPort, "driver declares port healthz=%d", o.healthPort)
+	lp := driver.LivenessProbe
+	c.check(lp != nil && lp.HTTPGet != nil && lp.HTTPGet.Path == "/healthz" && lp.HTTPGet.Port.StrVal == "healthz",
+		"driver liveness probe is kubelet's GET /healthz on the driver's port healthz")
+	c.check(lp != nil && lp.TimeoutSeconds > 2, "liveness timeoutSeconds exceeds the driver's 2 s GetPluginInfo deadline")
+	rp := driver.ReadinessProbe
+	c.check(rp != nil && rp.HTTPGet != nil && rp.HTTPGet.Path == "/readyz" && rp.HTTPGet.Port.StrVal == "healthz",
+		"driver readiness probe is GET /readyz on the port healthz")
 
 	metricsAddr, hasMetricsFlag := flagValue(driver.Args, "metrics-address")
 	c.check(hasMetricsFlag, "driver gets an explicit --metrics-address")
 	if o.metricsPort > 0 {
 		c.check(metricsAddr == fmt.Sprintf("0.0.0.0:%d", o.metricsPort), "driver --metrics-address=0.0.0.0:%d (got %q)", o.metricsPort, metricsAddr)
-		rp := driver.ReadinessProbe
-		c.check(rp != nil && rp.HTTPGet != nil && rp.HTTPGet.Path == "/readyz" && rp.HTTPGet.Port.StrVal == "metrics",
-			"driver readiness probe is GET /readyz on the metrics port")
-		c.check(len(driver.Ports) == 1 && driver.Ports[0].Name == "metrics" && int(driver.Ports[0].ContainerPort) == o.metricsPort,
-			"driver declares port metrics=%d", o.metricsPort)
+		c.check(len(driver.Ports) == 2 && int(ports["metrics"]) == o.metricsPort, "driver declares ports healthz and metrics=%d", o.metricsPort)
 	} else {
 		c.check(metricsAddr == "", "metrics disabled: --metrics-address is empty (got %q)", metricsAddr)
-		c.check(driver.ReadinessProbe == nil, "metrics disabled: no readiness probe (it would need /readyz)")
-		c.check(len(driver.Ports) == 0, "metrics disabled: driver declares no port")
+		c.check(len(driver.Ports) == 1, "metrics disabled: driver declares only the healthz port")
 	}
 
 	if o.wantTolerationKey != "" {
