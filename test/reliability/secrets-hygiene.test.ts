@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { readFile, stat } from "node:fs/promises";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
-import { findSecrets } from "../support/driver-process.js";
+import { findSecrets } from "../support/secret-detector.js";
 import { startDriverFixture, type DriverFixture } from "../integration/driver-fixture.js";
 
 const pod = { uid: "5ec2e750-0000-4000-8000-000000000001", name: "hush-0", namespace: "hush", serviceAccount: "hush" };

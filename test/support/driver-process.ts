@@ -5,6 +5,7 @@ import { connect } from "node:net";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { fileURLToPath } from "node:url";
+import { findSecrets } from "./secret-detector.js";
 
 const repoRoot = fileURLToPath(new URL("../..", import.meta.url));
 
@@ -35,18 +36,6 @@ export interface DriverProcessOptions {
   /** The driver's TMPDIR (its mount batches' fstab files), so a killed driver leaves nothing elsewhere. */
   tmpDir?: string;
   extraArgs?: string[];
-}
-
-/** Things that must never appear in the driver's output: PEM blocks, DER certs or keys in base64, JWTs. */
-export const secretPatterns: { name: string; pattern: RegExp }[] = [
-  { name: "PEM block", pattern: /-----BEGIN [A-Z ]+-----/ },
-  { name: "base64 DER", pattern: /MII[A-Za-z0-9+/]{60,}/ },
-  { name: "PKCS#8 EC key", pattern: /MIGHAgEAMBMG[A-Za-z0-9+/]{20,}/ },
-  { name: "JWT", pattern: /eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}/ },
-];
-
-export function findSecrets(line: string): string[] {
-  return secretPatterns.filter(({ pattern }) => pattern.test(line)).map(({ name }) => name);
 }
 
 interface LogLine {
