@@ -1,7 +1,9 @@
-import { chown, lstat, mkdir } from "node:fs/promises";
+import { lstatSync } from "node:fs";
+import { chmod, chown, lstat, mkdir, statfs } from "node:fs/promises";
 import { dirname } from "node:path";
-import { invalidArgument } from "../errors.js";
+import { DriverError, invalidArgument } from "../errors.js";
 import { MountRunner } from "./mount-runner.js";
+import { clearSnapshots } from "./atomic-snapshot.js";
 import { isMountPoint } from "./mount-table.js";
 
 /** Shared by every volume: idle shells hold no event-loop reference and exit with the driver. */
@@ -34,6 +36,19 @@ export function tmpfsMountOptions(
   return options;
 }
 
+/** statfs(2) f_type of a tmpfs (linux/magic.h TMPFS_MAGIC). */
+const tmpfsMagic = 0x01021994;
+
+/**
+ * What a prepared target is: for tmpfs backing, the st_dev of the tmpfs mounted on it. A write
+ * compares it with the target's current st_dev (isStillTarget), so a key is never written once
+ * the tmpfs is gone (unmounted by someone else, or the dir replaced) and the files would land on
+ * the node's disk.
+ */
+export interface PreparedTarget {
+  device: number | undefined;
+}
+
 /**
  * Creates the volume's `mount` dir (kubelet only creates its parent) and, for tmpfs backing,
  * mounts a size-limited tmpfs on it so keys live in memory only. The mount is made in the host
@@ -45,7 +60,7 @@ export async function prepareTarget(
   gid: number | undefined,
   mountTable?: ReadonlySet<string>,
   seLinuxContext?: string,
-): Promise<void> {
+): Promise<PreparedTarget> {
   const mode = gid === undefined ? 0o755 : 0o750;
   await requireRealDir(dirname(targetPath), "its parent dir (kubelet creates it before publishing)");
   const created = await mkdir(targetPath, { mode }).then(
@@ -58,6 +73,9 @@ export async function prepareTarget(
   );
   // Never follow a link planted in the pod's volume dir: files must land in the target only.
   await requireRealDir(targetPath, "the target");
+  // mkdir's mode is cut by the process umask (077 on hardened nodes would lock the pod's group
+  // out); the mode is set explicitly instead.
+  if (created) await chmod(targetPath, mode);
   // A dir made just now cannot be a mount point; reading the mount table (one line per mount on
   // the node) is left for retries and re-adoption.
   if (backing.kind === "tmpfs" && (created || !(await isMountPoint(targetPath, mountTable)))) {
@@ -66,6 +84,22 @@ export async function prepareTarget(
   } else if (gid !== undefined) {
     await chown(targetPath, 0, gid);
   }
+  if (backing.kind === "directory") return { device: undefined };
+  // A mount point found on a retry or at re-adoption is only taken over if it is a tmpfs.
+  if ((await statfs(targetPath)).type !== tmpfsMagic) {
+    throw new DriverError("failed-precondition", `target_path: ${targetPath} is a mount point but not a tmpfs; refusing to write keys to it`);
+  }
+  return { device: (await lstat(targetPath)).dev };
+}
+
+/**
+ * Whether the target is still the dir prepared for the volume: a real dir (no symlink) and, for
+ * tmpfs backing, on the tmpfs mounted then. Synchronous: it runs right before a snapshot write.
+ */
+export function isStillTarget(targetPath: string, prepared: PreparedTarget): boolean {
+  const info = lstatSync(targetPath, { throwIfNoEntry: false });
+  if (!info?.isDirectory()) return false;
+  return prepared.device === undefined || info.dev === prepared.device;
 }
 
 /**
@@ -91,7 +125,19 @@ async function requireRealDir(path: string, what: string): Promise<void> {
   }
 }
 
-/** Unmounts the volume's tmpfs if there is one; the caller clears a plain dir. */
-export async function unmountTarget(targetPath: string): Promise<void> {
+/**
+ * Unmounts the target's tmpfs (if any) and removes the driver's files from it. A target that is
+ * a symlink (or not a dir) is left alone and reported: unpublish must never follow a link planted
+ * at the target to unmount or empty whatever lies behind it.
+ */
+export async function releaseTarget(targetPath: string): Promise<"released" | "absent" | "not-a-dir"> {
+  const info = await lstat(targetPath).catch((error: NodeJS.ErrnoException) => {
+    if (error.code === "ENOENT") return undefined;
+    throw error;
+  });
+  if (!info) return "absent";
+  if (!info.isDirectory()) return "not-a-dir";
   if (await isMountPoint(targetPath)) await mountCommands.unmount(targetPath);
+  await clearSnapshots(targetPath);
+  return "released";
 }

@@ -2,9 +2,9 @@ import { access } from "node:fs/promises";
 import type { Logger } from "pino";
 import type { MetadataStore, VolumeRecord } from "@spire-csi-driver/metadata-store";
 import { DriverError } from "../errors.js";
-import { clearSnapshots, hasSnapshot } from "../files/atomic-snapshot.js";
+import { hasSnapshot } from "../files/atomic-snapshot.js";
 import { isMountPoint, readMountPoints } from "../files/mount-table.js";
-import { checkTarget, prepareTarget, unmountTarget, type VolumeBacking } from "../files/target-mount.js";
+import { checkTarget, prepareTarget, releaseTarget, type PreparedTarget, type VolumeBacking } from "../files/target-mount.js";
 import { checkKeyMode, parseVolumeAttributes } from "./volume-attributes.js";
 import { KeyedMutex } from "./keyed-mutex.js";
 import { specDifference, type VolumeSpec } from "./volume-spec.js";
@@ -41,6 +41,12 @@ export class VolumeManager {
    * while their files stop rotating.
    */
   private readonly adoptionFailures = new Map<string, string>();
+  /**
+   * Which volume holds each target: published, being published or re-adopted. Taken before the
+   * first await of a publish, so two volume_ids racing for one target cannot both pass the check
+   * and mount and write into the same dir (the per-volume mutex does not serialise them).
+   */
+  private readonly targets = new Map<string, string>();
 
   constructor(private readonly options: VolumeManagerOptions) {}
 
@@ -62,15 +68,42 @@ export class VolumeManager {
    * Not cancellable on purpose: when kubelet gives up on a call it retries the same publish, and
    * that retry finds the finished (or cleaned-up) result instead of a half-built volume.
    */
-  publish(spec: VolumeSpec): Promise<void> {
-    return this.mutex.run(spec.volumeId, () => this.publishLocked(spec));
+  async publish(spec: VolumeSpec): Promise<void> {
+    this.reserveTarget(spec.volumeId, spec.targetPath);
+    try {
+      await this.mutex.run(spec.volumeId, () => this.publishLocked(spec));
+    } finally {
+      this.settleReservation(spec.volumeId, spec.targetPath);
+    }
   }
 
-  unpublish(volumeId: string, targetPath: string): Promise<void> {
-    return this.mutex.run(volumeId, () => this.unpublishLocked(volumeId, targetPath));
+  async unpublish(volumeId: string, targetPath: string): Promise<void> {
+    try {
+      await this.mutex.run(volumeId, () => this.unpublishLocked(volumeId, targetPath));
+    } finally {
+      this.settleReservation(volumeId, targetPath);
+    }
+  }
+
+  /** Claims the target for the volume, or throws ALREADY_EXISTS naming the volume that holds it. */
+  private reserveTarget(volumeId: string, targetPath: string): void {
+    const holder = this.targets.get(targetPath);
+    if (holder !== undefined && holder !== volumeId) {
+      throw new DriverError("already-exists", `target_path ${targetPath} already holds volume ${holder}; unpublish it first`);
+    }
+    this.targets.set(targetPath, volumeId);
+  }
+
+  /** Gives a claim back once no volume of that id is published at the target. */
+  private settleReservation(volumeId: string, targetPath: string): void {
+    if (this.targets.get(targetPath) === volumeId && this.volumes.get(volumeId)?.spec.targetPath !== targetPath) {
+      this.targets.delete(targetPath);
+    }
   }
 
   private async publishLocked(spec: VolumeSpec): Promise<void> {
+    // Again under the volume's lock: an unpublish queued before this call may have released it.
+    this.reserveTarget(spec.volumeId, spec.targetPath);
     const existing = this.volumes.get(spec.volumeId);
     if (existing) {
       const difference = specDifference(existing.spec, spec);
@@ -90,14 +123,6 @@ export class VolumeManager {
         }
       }
       return;
-    }
-    for (const other of this.volumes.values()) {
-      if (other.spec.targetPath === spec.targetPath) {
-        throw new DriverError(
-          "already-exists",
-          `target_path ${spec.targetPath} already holds volume ${other.spec.volumeId}; unpublish it first`,
-        );
-      }
     }
 
     if (spec.attributes.bundleOnly && this.options.volume.trustDomain === undefined) {
@@ -121,9 +146,10 @@ export class VolumeManager {
     const targetReady = Promise.allSettled([
       this.options.store.put(toRecord(spec)),
       prepareTarget(spec.targetPath, this.options.backing, spec.fsGroup, undefined, spec.seLinuxContext),
-    ]).then((outcomes) => {
-      const failed = outcomes.find((outcome): outcome is PromiseRejectedResult => outcome.status === "rejected");
-      if (failed) throw failed.reason;
+    ]).then(([recorded, prepared]): PreparedTarget => {
+      if (recorded.status === "rejected") throw recorded.reason;
+      if (prepared.status === "rejected") throw prepared.reason;
+      return prepared.value;
     });
     const volume = new Volume(spec, "publishing", this.options.volume, targetReady);
     try {
@@ -135,7 +161,7 @@ export class VolumeManager {
     } catch (error) {
       this.volumes.delete(spec.volumeId);
       await volume.stop();
-      await this.releaseTarget(spec.targetPath).catch((cleanupError: unknown) =>
+      await releaseTarget(spec.targetPath).catch((cleanupError: unknown) =>
         logger.error({ volumeId: spec.volumeId, err: cleanupError }, "cleaning up a failed publish failed"),
       );
       // The publish's own error is what kubelet must see; a record left behind is dropped at the
@@ -173,23 +199,34 @@ export class VolumeManager {
   }
 
   private async unpublishLocked(volumeId: string, targetPath: string): Promise<void> {
+    const logger = this.options.logger.child({ volumeId, targetPath });
     const volume = this.volumes.get(volumeId);
+    const holder = this.targets.get(targetPath);
+    if (volume && volume.spec.targetPath !== targetPath) {
+      throw new DriverError(
+        "failed-precondition",
+        `target_path: volume ${volumeId} is published at ${volume.spec.targetPath}, not at ${targetPath}; nothing was unpublished`,
+      );
+    }
+    let released: Awaited<ReturnType<typeof releaseTarget>> = "absent";
     if (volume) {
       await volume.stop();
       this.volumes.delete(volumeId);
-      await this.releaseTarget(volume.spec.targetPath);
+      released = await releaseTarget(targetPath);
+    } else if (holder !== undefined && holder !== volumeId) {
+      // Another live volume's target: releasing it would unmount that volume's tmpfs under its
+      // running stream. Only its own volume_id can unpublish it.
+      logger.warn({ heldBy: holder }, "unpublish of an unknown volume names the target of another volume; left it untouched");
     } else if ((await isMountPoint(targetPath)) || (await hasSnapshot(targetPath))) {
       // Not ours in memory but our files are there (e.g. the record was lost): clean up anyway.
-      await this.releaseTarget(targetPath);
+      released = await releaseTarget(targetPath);
+    }
+    if (released === "not-a-dir") {
+      logger.warn("the target is a symlink or not a directory; left it untouched (unpublish never follows a link)");
     }
     await this.options.store.delete(volumeId);
     this.adoptionFailures.delete(volumeId);
-    this.options.logger.info({ volumeId }, "volume unpublished");
-  }
-
-  private async releaseTarget(targetPath: string): Promise<void> {
-    await unmountTarget(targetPath);
-    await clearSnapshots(targetPath);
+    logger.info("volume unpublished");
   }
 
   /**
@@ -216,6 +253,24 @@ export class VolumeManager {
 
   private async adopt(record: VolumeRecord, mountTable: ReadonlySet<string>): Promise<"adopted" | "removed-stale" | "left-for-next-start"> {
     const logger = this.options.logger.child({ volumeId: record.volumeId });
+    try {
+      this.reserveTarget(record.volumeId, record.targetPath);
+    } catch (error) {
+      const reason = (error as Error).message;
+      logger.error({ reason }, "cannot re-adopt volume; leaving its record for the next start");
+      this.adoptionFailures.set(record.volumeId, reason);
+      return "left-for-next-start";
+    }
+    const outcome = await this.adoptReserved(record, mountTable, logger);
+    this.settleReservation(record.volumeId, record.targetPath);
+    return outcome;
+  }
+
+  private async adoptReserved(
+    record: VolumeRecord,
+    mountTable: ReadonlySet<string>,
+    logger: Logger,
+  ): Promise<"adopted" | "removed-stale" | "left-for-next-start"> {
     if (!(await exists(record.targetPath))) {
       try {
         await this.options.store.delete(record.volumeId);
@@ -227,16 +282,17 @@ export class VolumeManager {
       return "removed-stale";
     }
     let spec: VolumeSpec;
+    let prepared: PreparedTarget;
     try {
       spec = fromRecord(record);
-      await prepareTarget(spec.targetPath, this.options.backing, spec.fsGroup, mountTable);
+      prepared = await prepareTarget(spec.targetPath, this.options.backing, spec.fsGroup, mountTable);
     } catch (error) {
       const reason = (error as Error).message;
       logger.error({ reason }, "cannot re-adopt volume; leaving its record for the next start");
       this.adoptionFailures.set(record.volumeId, reason);
       return "left-for-next-start";
     }
-    const volume = new Volume(spec, "adopting", this.options.volume);
+    const volume = new Volume(spec, "adopting", this.options.volume, Promise.resolve(prepared));
     this.volumes.set(spec.volumeId, volume);
     volume.start();
     return "adopted";
@@ -246,6 +302,7 @@ export class VolumeManager {
   async shutdown(): Promise<void> {
     await Promise.all([...this.volumes.values()].map((volume) => volume.stop()));
     this.volumes.clear();
+    this.targets.clear();
   }
 }
 

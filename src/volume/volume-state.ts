@@ -16,7 +16,8 @@ export type VolumeState =
   | { phase: "adopting"; since: number }
   /** `identity` is undefined for bundle-only volumes. */
   | { phase: "live"; identity: WrittenIdentity | undefined }
-  | { phase: "degraded"; cause: "agent" | "write"; problem: string; identity: WrittenIdentity | undefined }
+  /** `target-lost`: the tmpfs or dir the volume was given is gone; nothing is written until unpublish. */
+  | { phase: "degraded"; cause: "agent" | "write" | "target-lost"; problem: string; identity: WrittenIdentity | undefined }
   | { phase: "stopped" };
 
 export type VolumePhase = VolumeState["phase"];

@@ -15,8 +15,9 @@ import { chooseSvid } from "./svid-choice.js";
 import { formatSelectors, podSelectors, type Selector } from "./selectors.js";
 import type { VolumeSpec } from "./volume-spec.js";
 import type { SnapshotCause, VolumeObserver } from "./volume-observer.js";
-import type { VolumeState } from "./volume-state.js";
+import type { VolumeState, WrittenIdentity } from "./volume-state.js";
 import type { SnapshotFile } from "../files/snapshot-file.js";
+import { isStillTarget, type PreparedTarget } from "../files/target-mount.js";
 
 export interface VolumeDependencies {
   client: AgentClient;
@@ -41,7 +42,8 @@ type LastObservation =
   | { kind: "no-jwt"; audiences: string[] }
   | { kind: "no-bundle"; trustDomain: string }
   | { kind: "agent-problem"; problem: AgentProblem }
-  | { kind: "write-failed"; reason: string };
+  | { kind: "write-failed"; reason: string }
+  | { kind: "target-lost" };
 
 /**
  * One published volume: its SVID stream, and the snapshot writer that turns each new SVID set
@@ -77,7 +79,7 @@ export class Volume {
     readonly spec: VolumeSpec,
     initialPhase: "publishing" | "adopting",
     private readonly deps: VolumeDependencies,
-    private readonly targetReady: Promise<void> = Promise.resolve(),
+    private readonly targetReady: Promise<PreparedTarget>,
   ) {
     targetReady.catch(() => undefined);
     this.state = { phase: initialPhase, since: Date.now() };
@@ -201,6 +203,8 @@ export class Volume {
         };
       case "write-failed":
         return { detail: `writing the files failed: ${observation.reason}`, cause: "other" };
+      case "target-lost":
+        return { detail: `${this.spec.targetPath} is no longer the volume's own dir or tmpfs; nothing was written`, cause: "other" };
     }
   }
 
@@ -232,6 +236,10 @@ export class Volume {
     this.scheduleWrite();
   }
 
+  private writtenIdentity(): WrittenIdentity | undefined {
+    return this.state.phase === "live" || this.state.phase === "degraded" ? this.state.identity : undefined;
+  }
+
   private scheduleWrite(): void {
     if ((!this.identity && !this.spec.attributes.bundleOnly) || this.state.phase === "stopped") return;
     this.writeWanted = true;
@@ -241,8 +249,9 @@ export class Volume {
   }
 
   private async drainWrites(): Promise<void> {
+    let prepared: PreparedTarget;
     try {
-      await this.targetReady;
+      prepared = await this.targetReady;
     } catch {
       return;
     }
@@ -256,6 +265,18 @@ export class Volume {
         this.logger.debug("the agent's message changes no file; nothing rewritten");
         continue;
       }
+      if (!isStillTarget(this.spec.targetPath, prepared)) {
+        // Someone unmounted the tmpfs or replaced the dir: a write now would put the key on the
+        // node's disk (or wherever a planted link points). Only unpublish ends this state.
+        this.lastObservation = { kind: "target-lost" };
+        this.logger.error(
+          { targetPath: this.spec.targetPath },
+          "the target is no longer the tmpfs mounted for this volume; not writing the key there (unpublish and publish the volume again)",
+        );
+        this.deps.observer.snapshotFailed("target-lost");
+        this.state = { phase: "degraded", cause: "target-lost", problem: "the volume's tmpfs or dir is gone", identity: this.writtenIdentity() };
+        continue;
+      }
       try {
         await writeSnapshot(this.spec.targetPath, files, { gid: this.spec.fsGroup, secretMode: this.spec.attributes.keyMode });
       } catch (error) {
@@ -263,8 +284,7 @@ export class Volume {
         this.lastObservation = { kind: "write-failed", reason };
         this.logger.error({ reason }, "writing the volume snapshot failed; the previous files stay in place");
         this.deps.observer.snapshotFailed(reason);
-        const previous = this.state.phase === "live" || this.state.phase === "degraded" ? this.state.identity : undefined;
-        this.state = { phase: "degraded", cause: "write", problem: `write failed: ${reason}`, identity: previous };
+        this.state = { phase: "degraded", cause: "write", problem: `write failed: ${reason}`, identity: this.writtenIdentity() };
         continue;
       }
       this.writtenKey = key;

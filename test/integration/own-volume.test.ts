@@ -1,0 +1,96 @@
+import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
+import { mkdir, readdir, symlink, writeFile } from "node:fs/promises";
+import { dirname, join } from "node:path";
+import { after, before, describe, test } from "node:test";
+import { Code, ConnectError } from "@connectrpc/connect";
+import { isMountPoint } from "../../src/files/mount-table.js";
+import { readVolumeIdentity } from "../support/identity-files.js";
+import { ephemeralVolumeId } from "../support/kubelet-sim.js";
+import { startDriverFixture, type DriverFixture } from "./driver-fixture.js";
+
+let podCounter = 0;
+function newPod() {
+  podCounter += 1;
+  return { uid: `0d0e0f00-0000-4000-8000-${String(podCounter).padStart(12, "0")}`, name: `own-${podCounter}`, namespace: "own", serviceAccount: "app" };
+}
+
+/** "Only ever touch your own volume" (issue 12, items 1-6, 13, 14), through the real driver's CSI socket with tmpfs backing. */
+describe("the driver only ever touches its own volume", () => {
+  let fx: DriverFixture;
+  before(async () => {
+    fx = await startDriverFixture({ driver: { volumeBacking: "tmpfs", publishTimeout: "5s" } });
+    await fx.agent.addEntry({ id: "app", spiffeId: "spiffe://example.org/ns/own/sa/app", selectors: [{ type: "k8s", value: "ns:own" }, { type: "k8s", value: "sa:app" }] });
+  });
+  after(() => fx.close());
+
+  test("item 1: unpublish with a volume_id the driver does not hold leaves another volume's target alone", async () => {
+    const volume = await fx.kubelet.publish(newPod(), "svid");
+    const before = await readVolumeIdentity(volume.targetPath);
+    const foreignId = ephemeralVolumeId("ffffffff-0000-4000-8000-000000000000", "svid");
+    await fx.kubelet.node.nodeUnpublishVolume({ volumeId: foreignId, targetPath: volume.targetPath });
+
+    assert.equal(await isMountPoint(volume.targetPath), true, "the live volume's tmpfs is still mounted");
+    assert.equal((await readVolumeIdentity(volume.targetPath)).serialNumber, before.serialNumber, "its files are still there");
+    await fx.driver.waitForLog((line) => line.msg.includes("names the target of another volume") && line.heldBy === volume.volumeId, 2_000);
+    const mark = fx.driver.logs.length;
+    await fx.agent.rotate();
+    await fx.driver.waitForLog((line) => line.volumeId === volume.volumeId && line.msg === "identity files rotated", 10_000, mark);
+    assert.notEqual((await readVolumeIdentity(volume.targetPath)).serialNumber, before.serialNumber, "it keeps rotating into its tmpfs");
+    await fx.kubelet.unpublish(volume);
+  });
+
+  test("item 1: once a volume's tmpfs is gone, no key is written to the dir below it; the volume is degraded", async () => {
+    const volume = await fx.kubelet.publish(newPod(), "svid");
+    execFileSync("umount", [volume.targetPath]);
+    assert.deepEqual(await readdir(volume.targetPath), [], "the disk dir below the tmpfs is empty");
+    const mark = fx.driver.logs.length;
+    await fx.agent.rotate();
+    await fx.driver.waitForLog((line) => line.volumeId === volume.volumeId && line.msg.startsWith("the target is no longer the tmpfs"), 10_000, mark);
+    assert.deepEqual(await readdir(volume.targetPath), [], "no key written to the node's disk");
+    assert.ok(!fx.driver.logs.slice(mark).some((line) => line.volumeId === volume.volumeId && line.msg === "identity files rotated"));
+    await fx.kubelet.unpublish(volume);
+  });
+
+  test("item 2: unpublish never follows a symlink planted at the target", async () => {
+    const outside = join(fx.dir, "outside-2");
+    await mkdir(outside);
+    execFileSync("mount", ["-t", "tmpfs", "-o", "size=1m", "tmpfs", outside]);
+    try {
+      await symlink("elsewhere", join(outside, "..data"));
+      await writeFile(join(outside, "precious"), "not the driver's\n");
+      const pod = newPod();
+      const targetPath = fx.kubelet.targetPath(pod.uid, "linked");
+      await mkdir(dirname(targetPath), { recursive: true });
+      await symlink(outside, targetPath);
+
+      await fx.kubelet.node.nodeUnpublishVolume({ volumeId: ephemeralVolumeId(pod.uid, "linked"), targetPath });
+      assert.equal(await isMountPoint(outside), true, "the mount behind the link is still there");
+      assert.deepEqual((await readdir(outside)).sort(), ["..data", "precious"], "nothing deleted behind the link");
+    } finally {
+      execFileSync("umount", [outside]);
+    }
+  });
+
+  test("item 4: two volume_ids publishing one target at once: one wins, the other gets ALREADY_EXISTS", async () => {
+    const pod = newPod();
+    const first = fx.kubelet.publishRequest(pod, "shared");
+    const second = { ...fx.kubelet.publishRequest(pod, "other"), targetPath: first.targetPath! };
+    await mkdir(dirname(first.targetPath!), { recursive: true });
+    const outcomes = await Promise.allSettled([fx.kubelet.node.nodePublishVolume(first), fx.kubelet.node.nodePublishVolume(second)]);
+    const codes = outcomes.map((outcome) => (outcome.status === "fulfilled" ? "ok" : Code[ConnectError.from(outcome.reason).code]));
+    assert.deepEqual([...codes].sort(), ["AlreadyExists", "ok"], `outcomes: ${codes.join(", ")}`);
+    const loser = outcomes.find((outcome): outcome is PromiseRejectedResult => outcome.status === "rejected")!;
+    assert.match(ConnectError.from(loser.reason).rawMessage, /^target_path \S+ already holds volume csi-/);
+    const winner = outcomes[0]!.status === "fulfilled" ? first : second;
+    const loserRequest = winner === first ? second : first;
+
+    // The loser's unpublish (kubelet does not send one after a final error, a hostile caller may)
+    // leaves the winner's tmpfs in place.
+    await fx.kubelet.node.nodeUnpublishVolume({ volumeId: loserRequest.volumeId!, targetPath: first.targetPath! });
+    assert.equal(await isMountPoint(first.targetPath!), true);
+    await readVolumeIdentity(first.targetPath!);
+    await fx.kubelet.unpublish({ volumeId: winner.volumeId!, targetPath: first.targetPath! });
+    assert.equal(await isMountPoint(first.targetPath!), false);
+  });
+});
