@@ -1,6 +1,7 @@
 import type { X509Identity } from "../spire/x509-identity.js";
 import { envoySdsResponse } from "./envoy-sds.js";
 import { certificatesToPem, toPem } from "./pem.js";
+import { pkcs12Keystore, pkcs12Truststore } from "./pkcs12.js";
 import type { SnapshotFile } from "./snapshot-file.js";
 
 /** Everything one snapshot is made from. */
@@ -29,9 +30,14 @@ export interface LayoutOptions {
   /** One token file per audience. */
   jwt: { audience: string; file: string }[];
   envoySds: { file: string; certSecret: string; caSecret: string } | undefined;
+  /** PKCS#12 keystore.p12 and truststore.p12 (for Java), with this password. */
+  keystore: { password: string } | undefined;
   /** Only the trust bundles, for clients that verify SPIFFE peers but have no SVID of their own. */
   bundleOnly: boolean;
 }
+
+export const keystoreFileName = "keystore.p12";
+export const truststoreFileName = "truststore.p12";
 
 export function trustBundleFileName(trustDomain: string): string {
   return `${trustDomain}.trust-bundle.pem`;
@@ -43,7 +49,7 @@ interface FederatedBundle {
 }
 
 /**
- * The trust bundle files of a layout: the own trust domain's certificates in the layout's bundle
+ * The trust bundle files of a layout (and truststore.p12 when asked for): the own trust domain's certificates in the layout's bundle
  * file (spiffe-fs: one file per trust domain, never merged), the federated ones merged into it or
  * written each to its own file, as `federated-bundles` says.
  */
@@ -57,6 +63,10 @@ function trustBundleFiles(attributes: LayoutOptions, ownTrustDomain: string, own
   }
   if (attributes.federatedBundles === "files") {
     for (const entry of federated) files.push({ name: trustBundleFileName(entry.trustDomain), content: certificatesToPem(entry.certs), secret: false });
+  }
+  if (attributes.keystore) {
+    const trusted = attributes.federatedBundles === "none" ? [] : federated;
+    files.push({ name: truststoreFileName, content: pkcs12Truststore([{ trustDomain: ownTrustDomain, certs: own }, ...trusted], attributes.keystore.password), secret: false });
   }
   return files;
 }
@@ -98,6 +108,9 @@ export function renderVolumeFiles(attributes: LayoutOptions, input: SnapshotInpu
     files.push({ name: attributes.files.key, content: keyPem, secret: true });
   }
   files.push(...trustBundleFiles(attributes, identity.trustDomain, [...own, ...intermediates], federated));
+  if (attributes.keystore) {
+    files.push({ name: keystoreFileName, content: pkcs12Keystore(identity.keyPkcs8Der, identity.certChainDer, attributes.keystore.password), secret: true });
+  }
 
   if (attributes.allSvids) {
     const index = input.allIdentities.map((svid, i) => {

@@ -1,6 +1,6 @@
 import { z } from "zod";
 import { DriverError } from "../errors.js";
-import type { Layout, LayoutOptions } from "../files/volume-files.js";
+import { keystoreFileName, truststoreFileName, type Layout, type LayoutOptions } from "../files/volume-files.js";
 
 export const attributePrefix = "csi.spire.io/";
 
@@ -87,6 +87,13 @@ export const volumeAttributesSchema = z.strictObject({
   "csi.spire.io/envoy-ca-secret": secretName.default("ROOTCA"),
   "csi.spire.io/fs-group": fsGroup.optional(),
   "csi.spire.io/key-mode": fileMode.optional(),
+  "csi.spire.io/keystore": z.enum(["pkcs12"], { message: "must be pkcs12" }).optional(),
+  "csi.spire.io/keystore-password": z
+    .string()
+    .min(1, "must not be empty")
+    .max(128, "must be at most 128 characters")
+    .regex(/^[\x20-\x7e]+$/, "must be printable ASCII (Java and OpenSSL encode other characters differently)")
+    .optional(),
   "csi.spire.io/bundle-only": booleanText.default(false),
 });
 
@@ -187,9 +194,12 @@ function resolve(parsed: ParsedAttributes): VolumeAttributes {
   if (new Set(jwt.map((entry) => entry.file)).size !== jwt.length) {
     reject("jwt-audiences", "two audiences map to the same file name (characters outside A-Z a-z 0-9 . _ - become _)");
   }
-  const names = [files.cert, files.key, files.bundle, files.credential, envoySds?.file ?? ""].filter((name) => name !== "");
+  const keystore = parsed["csi.spire.io/keystore"] ? { password: parsed["csi.spire.io/keystore-password"] ?? "changeit" } : undefined;
+  if (!keystore && parsed["csi.spire.io/keystore-password"] !== undefined) reject("keystore-password", "is only used with csi.spire.io/keystore: pkcs12");
+  const keystoreNames = keystore ? (bundleOnly ? [truststoreFileName] : [keystoreFileName, truststoreFileName]) : [];
+  const names = [files.cert, files.key, files.bundle, files.credential, envoySds?.file ?? "", ...keystoreNames].filter((name) => name !== "");
   if (new Set(names).size !== names.length) {
-    throw new DriverError("invalid-argument", "volume_context[csi.spire.io/cert-file, key-file, bundle-file, envoy-sds-file]: file names must differ");
+    throw new DriverError("invalid-argument", "volume_context[csi.spire.io/cert-file, key-file, bundle-file, envoy-sds-file]: file names must differ (and not be keystore.p12 or truststore.p12 with a keystore)");
   }
   return {
     layout,
@@ -202,6 +212,7 @@ function resolve(parsed: ParsedAttributes): VolumeAttributes {
     envoySds,
     fsGroup: parsed["csi.spire.io/fs-group"],
     keyMode: parsed["csi.spire.io/key-mode"],
+    keystore,
     bundleOnly,
   };
 }

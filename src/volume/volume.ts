@@ -348,7 +348,7 @@ export class Volume {
 }
 
 /** Identifies a snapshot's content, so a repeated agent message causes no rewrite. */
-function contentFingerprint(files: readonly { name: string; content: string }[]): string {
+function contentFingerprint(files: readonly SnapshotFile[]): string {
   const hash = createHash("sha256");
   for (const file of files) hash.update(file.name).update("\0").update(file.content).update("\0");
   return hash.digest("hex");
