@@ -6,9 +6,13 @@ import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
 import fc from "fast-check";
 import { NodePublishVolumeRequestSchema } from "../../src/gen/csi/v1/csi_pb.js";
+import { isMountPoint } from "../../src/files/mount-table.js";
+import { mountsUnder } from "../support/driver-node.js";
+import { readVolumeIdentity } from "../support/identity-files.js";
 import { startDriverFixture, type DriverFixture } from "../integration/driver-fixture.js";
 
 const runs = Number(process.env.FUZZ_RUNS ?? (process.env.SOAK ? 5000 : 400));
+const nameRuns = Number(process.env.FUZZ_NAME_RUNS ?? (process.env.SOAK ? 1000 : 100));
 const podUid = "f022f022-0000-4000-8000-000000000001";
 const attributeKeys = [
   "csi.spire.io/layout",
@@ -113,5 +117,41 @@ describe("hostile requests (property-based)", { timeout: 15 * 60_000 }, () => {
     assert.equal((await fx.kubelet.identity.getPluginInfo({})).name, "csi.spire.io");
     assert.deepEqual((await readdir(fx.metadataDir)).filter((name) => name.endsWith(".json")), [], "no records left behind");
     console.log(`hostile-input: ${runs} requests -> ${[...tally].map(([k, v]) => `${k} ${v}`).join(", ")}`);
+  });
+
+  test(`${nameRuns} hostile volume names in kubelet's target layout reach the tmpfs mount and leave nothing behind`, async () => {
+    // The API server allows only DNS labels as volume names, but the driver must not depend on
+    // it: names with fstab separators, octal escapes, shell and mount-option syntax are mounted
+    // exactly where kubelet asked (or refused naming target_path), and unmounted again.
+    const hostileName = fc
+      .oneof(
+        fc.constantFrom("a b", "a\tb", "tab\there", "new\nline", "back\\slash", "\\040", "#comment", "a,b", "rw,suid", "x=y", "defaults", "'quote", '"dq"', "$(id)", "`id`", ";true", "*", "-o", "é-ünïcode", "a".repeat(200)),
+        fc.string({ unit: "binary", minLength: 1, maxLength: 60 }),
+        fc.string({ unit: fc.constantFrom(" ", "\t", "\n", "\\", "#", ",", "=", "0", "4"), minLength: 1, maxLength: 12 }),
+      )
+      .filter((name) => !name.includes("/") && !name.includes("\0") && name !== "." && name !== ".." && Buffer.byteLength(name) <= 200);
+    const tally = { mounted: 0, refused: 0 };
+    let podIndex = 0;
+    await fc.assert(
+      fc.asyncProperty(hostileName, async (name) => {
+        const pod = { uid: `f022f022-0000-4000-8000-${String(++podIndex).padStart(12, "0")}`, name: "fuzz-0", namespace: "fuzz", serviceAccount: "fuzz" };
+        const outcome = await fx.kubelet.tryPublish(pod, name, {}, { maxAttempts: 1 });
+        if (outcome.error) {
+          tally.refused += 1;
+          assert.equal(outcome.error.code, Code.InvalidArgument, outcome.error.rawMessage);
+          assert.match(outcome.error.rawMessage, /^target_path: /);
+        } else {
+          tally.mounted += 1;
+          assert.ok(await isMountPoint(outcome.targetPath), `${JSON.stringify(name)}: the target itself is the mount point`);
+          assert.equal((await readVolumeIdentity(outcome.targetPath)).spiffeId, "spiffe://example.org/any");
+          await fx.kubelet.unpublish(outcome);
+        }
+        assert.deepEqual(await mountsUnder(fx.kubeletRoot), [], `${JSON.stringify(name)}: no mount left`);
+        assert.deepEqual(await readdir(outside), [], "nothing written outside the target");
+      }),
+      { numRuns: nameRuns },
+    );
+    assert.deepEqual((await readdir(fx.metadataDir)).filter((entry) => entry.endsWith(".json")), [], "no records left behind");
+    console.log(`hostile-input: ${nameRuns} hostile volume names -> mounted ${tally.mounted}, refused ${tally.refused}`);
   });
 });

@@ -15,6 +15,7 @@ export interface DriverProcessOptions {
   kubeletRoot: string;
   metadataDir: string;
   nodeId?: string;
+  /** Default tmpfs, as in production; a test that passes "directory" says why. */
   volumeBacking?: "tmpfs" | "directory";
   publishTimeout?: string;
   reconnectMin?: string;
@@ -84,7 +85,7 @@ export class DriverProcess {
       "--kubelet-root", options.kubeletRoot,
       "--metadata-dir", options.metadataDir,
       "--node-id", options.nodeId ?? "test-node",
-      "--volume-backing", options.volumeBacking ?? "directory",
+      "--volume-backing", options.volumeBacking ?? "tmpfs",
       "--publish-timeout", options.publishTimeout ?? "10s",
       "--reconnect-min", options.reconnectMin ?? "100ms",
       "--reconnect-max", options.reconnectMax ?? "1s",
