@@ -64,7 +64,7 @@ export const options = {
   "publish-timeout": {
     env: "SPIRE_CSI_PUBLISH_TIMEOUT",
     default: "30s",
-    help: "how long NodePublishVolume waits for the first SVID before failing (kubelet's own limit is 2m)",
+    help: "deadline of NodePublishVolume: the first SVID, the tmpfs mount and the record write (kubelet's own limit is 2m)",
     schema: durationSchema.pipe(z.number().min(100).max(110_000)),
   },
   "volume-backing": {

@@ -11,6 +11,9 @@ export class MountCommandError extends Error {
   override readonly name = "MountCommandError";
 }
 
+/** mount(8)/umount(8) did not finish within the operation's deadline; the shell running it was killed. */
+export class MountTimeoutError extends MountCommandError {}
+
 export interface MountRequest {
   source: string;
   target: string;
@@ -18,13 +21,37 @@ export interface MountRequest {
   options: readonly string[];
 }
 
-type Job =
-  | { kind: "mount"; request: MountRequest; resolve(): void; reject(error: Error): void }
-  | { kind: "umount"; target: string; resolve(): void; reject(error: Error): void };
+export interface MountRunnerOptions {
+  /** Shells kept for batching; a normal batch takes milliseconds, so two serve any burst. */
+  poolSize?: number;
+  /**
+   * Upper bound on shells. A shell busy for longer than `stuckAfterMs` no longer counts against
+   * `poolSize`: another one is started beside it, so one hung mount(8) (a wedged device, a
+   * blocked mount namespace) never holds up other volumes' mounts and unmounts.
+   */
+  maxShells?: number;
+  /** Deadline of an operation whose caller gives none. */
+  timeoutMs?: number;
+  /** The mount(8) and umount(8) to run; tests put a command that hangs here. */
+  commands?: { mount: string; umount: string };
+}
+
+type JobBase = {
+  /** performance.now() by which the job must be settled; the shell running it is killed then. */
+  deadline: number;
+  timeoutMs: number;
+  /** Set when the job was in a batch that hit a deadline: it then runs alone, never batched again. */
+  suspect: boolean;
+  resolve(): void;
+  reject(error: Error): void;
+};
+type Job = ({ kind: "mount"; request: MountRequest } | { kind: "umount"; target: string }) & JobBase;
 
 /** Commands a shell runs at once; one `mount -a` of this many tmpfs mounts takes a few ms. */
 const maxBatch = 128;
-const batchTimeoutMs = 60_000;
+const defaultTimeoutMs = 60_000;
+/** A batch of tmpfs mounts takes milliseconds; a shell busy this long is treated as stuck. */
+const stuckAfterMs = 500;
 
 /**
  * One long-lived `/bin/sh` that runs one command line at a time from its stdin and reports its
@@ -39,6 +66,8 @@ class ShellWorker {
   dead = false;
   /** Taken by the runner for a whole batch, including the work before and after its command. */
   busy = false;
+  /** performance.now() when the current batch was taken. */
+  busySince = 0;
 
   constructor() {
     // Its own process group, so a timeout or a dead shell takes any mount(8) it started with it.
@@ -62,13 +91,13 @@ class ShellWorker {
   }
 
   /** Runs `command` (one shell line, its output merged into stdout); resolves with its exit status and output. */
-  run(command: string): Promise<{ status: number; output: string }> {
+  run(command: string, timeoutMs: number): Promise<{ status: number; output: string }> {
     if (this.dead) return Promise.reject(new MountCommandError("the mount shell is gone"));
     return new Promise((resolve, reject) => {
       this.current = { resolve, reject };
       this.output = "";
       this.setRef(true);
-      this.timer = setTimeout(() => this.fail(new MountCommandError(`${command} did not finish within ${batchTimeoutMs / 1000}s`)), batchTimeoutMs);
+      this.timer = setTimeout(() => this.fail(new MountTimeoutError(`did not finish within ${seconds(timeoutMs)}s; killed`)), timeoutMs);
       this.child.stdin!.write(`${command} 2>&1 </dev/null; status=$?; echo; echo "${this.marker} $status"\n`);
     });
   }
@@ -129,39 +158,79 @@ class ShellWorker {
  * mounts as one `mount -a` over a generated fstab (250 tmpfs mounts take about 10 ms), all
  * pending unmounts as one `umount`. Each
  * request's outcome is then read from the mount table, so one bad target fails only itself.
+ *
+ * Every request has a deadline. One still queued at its deadline is rejected; one in a running
+ * batch at its deadline has that batch's shell (and the mount(8) it runs) killed, and the outcome
+ * of each request of the batch is read from the mount table: done ones resolve, the ones past
+ * their deadline reject with MountTimeoutError, the rest are queued again to run alone, so a hung
+ * target can delay an innocent neighbour once but never make it fail before its own deadline.
  */
 export class MountRunner {
   private readonly workers: ShellWorker[] = [];
   private readonly queue: Job[] = [];
+  private readonly poolSize: number;
+  private readonly maxShells: number;
+  private readonly timeoutMs: number;
+  private readonly commands: { mount: string; umount: string };
+  private redispatch: NodeJS.Timeout | undefined;
   private swept = false;
   private closed = false;
 
-  constructor(private readonly poolSize = 2) {}
+  constructor(options: MountRunnerOptions = {}) {
+    this.poolSize = options.poolSize ?? 2;
+    this.maxShells = Math.max(this.poolSize, options.maxShells ?? 8);
+    this.timeoutMs = options.timeoutMs ?? defaultTimeoutMs;
+    this.commands = options.commands ?? { mount: "mount", umount: "umount" };
+  }
 
-  mount(request: MountRequest): Promise<void> {
+  /** Mounts, rejecting with MountTimeoutError if it is not done within `timeoutMs`. */
+  mount(request: MountRequest, timeoutMs = this.timeoutMs): Promise<void> {
     if (!this.swept) {
       this.swept = true;
       void sweepStaleFstabDirs();
     }
-    return new Promise((resolve, reject) => {
-      this.queue.push({ kind: "mount", request, resolve, reject });
-      this.dispatch();
-    });
+    return this.enqueue({ kind: "mount", request }, timeoutMs);
   }
 
-  unmount(target: string): Promise<void> {
-    return new Promise((resolve, reject) => {
-      this.queue.push({ kind: "umount", target, resolve, reject });
-      this.dispatch();
-    });
+  /** Unmounts, rejecting with MountTimeoutError if it is not done within `timeoutMs`. */
+  unmount(target: string, timeoutMs = this.timeoutMs): Promise<void> {
+    return this.enqueue({ kind: "umount", target }, timeoutMs);
   }
 
   /** Stops the shells; queued and later requests are rejected. */
   close(): void {
     this.closed = true;
+    clearTimeout(this.redispatch);
     for (const worker of this.workers) worker.stop();
     this.workers.length = 0;
     for (const job of this.queue.splice(0)) job.reject(new MountCommandError("the mount runner was closed"));
+  }
+
+  private enqueue(what: { kind: "mount"; request: MountRequest } | { kind: "umount"; target: string }, timeoutMs: number): Promise<void> {
+    return new Promise((resolve, reject) => {
+      const expiry = setTimeout(() => {
+        const index = this.queue.indexOf(job);
+        if (index < 0) return; // In a running batch: that batch's own timer kills it.
+        this.queue.splice(index, 1);
+        job.reject(new MountTimeoutError(`${describe(job)} did not start within ${seconds(timeoutMs)}s: every mount shell was busy`));
+      }, timeoutMs);
+      const job: Job = {
+        ...what,
+        deadline: performance.now() + timeoutMs,
+        timeoutMs,
+        suspect: false,
+        resolve: () => {
+          clearTimeout(expiry);
+          resolve();
+        },
+        reject: (error) => {
+          clearTimeout(expiry);
+          reject(error);
+        },
+      };
+      this.queue.push(job);
+      this.dispatch();
+    });
   }
 
   private dispatch(): void {
@@ -169,40 +238,77 @@ export class MountRunner {
       for (const job of this.queue.splice(0)) job.reject(new MountCommandError("the mount runner was closed"));
       return;
     }
+    clearTimeout(this.redispatch);
+    this.redispatch = undefined;
     for (let index = this.workers.length - 1; index >= 0; index--) {
       if (this.workers[index]!.dead) this.workers.splice(index, 1);
     }
     while (this.queue.length > 0) {
-      let worker = this.workers.find((candidate) => !candidate.busy && !candidate.dead);
-      if (!worker && this.workers.length < this.poolSize) {
-        worker = new ShellWorker();
-        this.workers.push(worker);
+      const worker = this.freeWorker();
+      if (!worker) {
+        this.dispatchWhenStuck();
+        return;
       }
-      if (!worker) return;
       worker.busy = true;
-      const kind = this.queue[0]!.kind;
-      const batch: Job[] = [];
-      for (let index = 0; index < this.queue.length && batch.length < maxBatch; ) {
-        if (this.queue[index]!.kind === kind) batch.push(...this.queue.splice(index, 1));
-        else index++;
-      }
-      const taken = worker;
-      void this.runBatch(taken, batch).finally(() => {
-        taken.busy = false;
+      worker.busySince = performance.now();
+      const batch = this.takeBatch();
+      void this.runBatch(worker, batch).finally(() => {
+        worker.busy = false;
         this.dispatch();
       });
     }
   }
 
+  /** An idle shell, or a new one while fewer than `poolSize` shells are busy without being stuck. */
+  private freeWorker(): ShellWorker | undefined {
+    const idle = this.workers.find((candidate) => !candidate.busy && !candidate.dead);
+    if (idle) return idle;
+    const working = this.workers.filter((worker) => !this.isStuck(worker)).length;
+    if (working >= this.poolSize || this.workers.length >= this.maxShells) return undefined;
+    const worker = new ShellWorker();
+    this.workers.push(worker);
+    return worker;
+  }
+
+  private isStuck(worker: ShellWorker): boolean {
+    return worker.busy && performance.now() - worker.busySince >= stuckAfterMs;
+  }
+
+  /** Jobs wait for a busy shell; if it turns out stuck, look again then (a finished batch dispatches anyway). */
+  private dispatchWhenStuck(): void {
+    const working = this.workers.filter((worker) => !this.isStuck(worker));
+    if (this.workers.length >= this.maxShells || working.length === 0) return;
+    const earliest = Math.min(...working.map((worker) => worker.busySince));
+    const wait = Math.max(0, earliest + stuckAfterMs - performance.now()) + 1;
+    this.redispatch = setTimeout(() => this.dispatch(), wait);
+    this.redispatch.unref();
+  }
+
+  /** A suspect job alone; otherwise every queued job of the first job's kind, up to maxBatch. */
+  private takeBatch(): Job[] {
+    const first = this.queue[0]!;
+    if (first.suspect) return this.queue.splice(0, 1);
+    const batch: Job[] = [];
+    for (let index = 0; index < this.queue.length && batch.length < maxBatch; ) {
+      const job = this.queue[index]!;
+      if (job.kind === first.kind && !job.suspect) batch.push(...this.queue.splice(index, 1));
+      else index++;
+    }
+    return batch;
+  }
+
   private async runBatch(worker: ShellWorker, batch: Job[]): Promise<void> {
     let result: { status: number | string; output: string };
+    let timedOut = false;
+    const timeoutMs = Math.max(0, Math.min(...batch.map((job) => job.deadline)) - performance.now());
     try {
       result =
         batch[0]!.kind === "mount"
-          ? await mountAll(worker, batch.map((job) => (job as Extract<Job, { kind: "mount" }>).request))
-          : await worker.run(["umount", ...batch.map((job) => shellQuote((job as Extract<Job, { kind: "umount" }>).target))].join(" "));
+          ? await mountAll(worker, this.commands.mount, batch.map((job) => (job as Extract<Job, { kind: "mount" }>).request), timeoutMs)
+          : await worker.run([this.commands.umount, ...batch.map((job) => shellQuote((job as Extract<Job, { kind: "umount" }>).target))].join(" "), timeoutMs);
     } catch (error) {
       // The shell (and any mount(8) it ran) is gone; the mount table still tells what was done.
+      timedOut = error instanceof MountTimeoutError;
       result = { status: "none", output: (error as Error).message };
     }
     let mounted: Set<string>;
@@ -212,6 +318,7 @@ export class MountRunner {
       for (const job of batch) job.reject(new MountCommandError(`cannot read the mount table: ${(error as Error).message}`));
       return;
     }
+    const requeued: Job[] = [];
     await Promise.all(
       batch.map(async (job) => {
         const target = job.kind === "mount" ? job.request.target : job.target;
@@ -220,15 +327,32 @@ export class MountRunner {
           job.resolve();
           return;
         }
+        if (timedOut) {
+          if (performance.now() >= job.deadline) {
+            job.reject(new MountTimeoutError(`${describe(job)} did not finish within ${seconds(job.timeoutMs)}s; the mount command was killed`));
+          } else {
+            job.suspect = true;
+            requeued.push(job);
+          }
+          return;
+        }
         const related = result.output
           .split("\n")
           .filter((line) => line.includes(target))
           .join("; ");
-        const what = job.kind === "mount" ? `mounting ${job.request.fsType} on ${target}` : `unmounting ${target}`;
-        job.reject(new MountCommandError(`${what} failed (exit ${result.status})${related || result.output ? `: ${related || result.output}` : ""}`));
+        job.reject(new MountCommandError(`${describe(job)} failed (exit ${result.status})${related || result.output ? `: ${related || result.output}` : ""}`));
       }),
     );
+    this.queue.unshift(...requeued);
   }
+}
+
+function describe(job: Job): string {
+  return job.kind === "mount" ? `mounting ${job.request.fsType} on ${job.request.target}` : `unmounting ${job.target}`;
+}
+
+function seconds(ms: number): string {
+  return (ms / 1000).toFixed(ms % 1000 === 0 ? 0 : 1);
 }
 
 const fstabDirPrefix = "spire-csi-fstab-";
@@ -246,12 +370,12 @@ async function sweepStaleFstabDirs(): Promise<void> {
 }
 
 /** One `mount -a` over an fstab of the requests; libmount wants a regular file, so it goes in a private temp dir. */
-async function mountAll(worker: ShellWorker, requests: readonly MountRequest[]): Promise<{ status: number; output: string }> {
+async function mountAll(worker: ShellWorker, command: string, requests: readonly MountRequest[], timeoutMs: number): Promise<{ status: number; output: string }> {
   const dir = await mkdtemp(join(tmpdir(), fstabDirPrefix));
   try {
     const fstab = join(dir, "fstab");
     await writeFile(fstab, `${requests.map(fstabLine).join("\n")}\n`, { mode: 0o600 });
-    return await worker.run(`mount -a -T ${shellQuote(fstab)}`);
+    return await worker.run(`${command} -a -T ${shellQuote(fstab)}`, timeoutMs);
   } finally {
     await rm(dir, { recursive: true, force: true });
   }

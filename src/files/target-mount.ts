@@ -2,7 +2,7 @@ import { lstatSync } from "node:fs";
 import { chmod, chown, lstat, mkdir, statfs } from "node:fs/promises";
 import { dirname } from "node:path";
 import { DriverError, invalidArgument } from "../errors.js";
-import { MountRunner } from "./mount-runner.js";
+import { MountRunner, MountTimeoutError } from "./mount-runner.js";
 import { clearSnapshots } from "./atomic-snapshot.js";
 import { isMountPoint } from "./mount-table.js";
 
@@ -60,6 +60,7 @@ export async function prepareTarget(
   gid: number | undefined,
   mountTable?: ReadonlySet<string>,
   seLinuxContext?: string,
+  timeoutMs?: number,
 ): Promise<PreparedTarget> {
   const mode = gid === undefined ? 0o755 : 0o750;
   await requireRealDir(dirname(targetPath), "its parent dir (kubelet creates it before publishing)");
@@ -80,7 +81,7 @@ export async function prepareTarget(
   // the node) is left for retries and re-adoption.
   if (backing.kind === "tmpfs" && (created || !(await isMountPoint(targetPath, mountTable)))) {
     const options = tmpfsMountOptions(backing, mode, gid, seLinuxContext);
-    await mountCommands.mount({ source: "tmpfs", target: targetPath, fsType: "tmpfs", options });
+    await mountCommands.mount({ source: "tmpfs", target: targetPath, fsType: "tmpfs", options }, timeoutMs).catch(rethrowTimeout);
   } else if (gid !== undefined) {
     await chown(targetPath, 0, gid);
   }
@@ -130,14 +131,20 @@ async function requireRealDir(path: string, what: string): Promise<void> {
  * a symlink (or not a dir) is left alone and reported: unpublish must never follow a link planted
  * at the target to unmount or empty whatever lies behind it.
  */
-export async function releaseTarget(targetPath: string): Promise<"released" | "absent" | "not-a-dir"> {
+export async function releaseTarget(targetPath: string, timeoutMs?: number): Promise<"released" | "absent" | "not-a-dir"> {
   const info = await lstat(targetPath).catch((error: NodeJS.ErrnoException) => {
     if (error.code === "ENOENT") return undefined;
     throw error;
   });
   if (!info) return "absent";
   if (!info.isDirectory()) return "not-a-dir";
-  if (await isMountPoint(targetPath)) await mountCommands.unmount(targetPath);
+  if (await isMountPoint(targetPath)) await mountCommands.unmount(targetPath, timeoutMs).catch(rethrowTimeout);
   await clearSnapshots(targetPath);
   return "released";
+}
+
+/** A hung mount(8)/umount(8) is a deadline for kubelet to retry, not an internal error. */
+function rethrowTimeout(error: unknown): never {
+  if (error instanceof MountTimeoutError) throw new DriverError("deadline-exceeded", `${error.message}; kubelet retries`, { cause: error });
+  throw error;
 }

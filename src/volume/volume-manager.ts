@@ -143,9 +143,14 @@ export class VolumeManager {
     // but before the record leaves an empty tmpfs that kubelet acts on either way: its retried
     // publish finds and reuses the mount, its unpublish removes a mount it finds without a record.
     // Both settle before a failure is reported, so the cleanup never races a mount still in flight.
+    // Every step is bounded by the publish deadline, so a hung mount(8) or a disk that stops
+    // answering an fsync gets kubelet a DEADLINE_EXCEEDED in time instead of a call that never
+    // returns. The mount runner kills a mount at the deadline; an fsync cannot be cancelled, so the
+    // record write goes on in the background (in order with this volume's later record writes).
+    const deadline = performance.now() + this.options.publishTimeoutMs;
     const targetReady = Promise.allSettled([
-      this.options.store.put(toRecord(spec)),
-      prepareTarget(spec.targetPath, this.options.backing, spec.fsGroup, undefined, spec.seLinuxContext),
+      within(this.options.store.put(toRecord(spec)), this.options.publishTimeoutMs, `writing the record of ${spec.volumeId}`),
+      prepareTarget(spec.targetPath, this.options.backing, spec.fsGroup, undefined, spec.seLinuxContext, this.options.publishTimeoutMs),
     ]).then(([recorded, prepared]): PreparedTarget => {
       if (recorded.status === "rejected") throw recorded.reason;
       if (prepared.status === "rejected") throw prepared.reason;
@@ -155,19 +160,21 @@ export class VolumeManager {
     try {
       this.volumes.set(spec.volumeId, volume);
       volume.start();
-      const deadline = performance.now() + this.options.publishTimeoutMs;
       await targetReady;
       await volume.waitForFirstWrite(deadline - performance.now());
     } catch (error) {
       this.volumes.delete(spec.volumeId);
       await volume.stop();
-      await releaseTarget(spec.targetPath).catch((cleanupError: unknown) =>
+      // The cleanup gets a short bound of its own, so the answer comes at most that much after
+      // the deadline; an unmount still running then is killed by the mount runner.
+      const cleanupDeadline = performance.now() + cleanupTimeoutMs;
+      await releaseTarget(spec.targetPath, cleanupTimeoutMs).catch((cleanupError: unknown) =>
         logger.error({ volumeId: spec.volumeId, err: cleanupError }, "cleaning up a failed publish failed"),
       );
       // The publish's own error is what kubelet must see; a record left behind is dropped at the
       // next start, since kubelet removes the target after a final error.
-      await this.options.store.delete(spec.volumeId).catch((cleanupError: unknown) =>
-        logger.error({ volumeId: spec.volumeId, err: cleanupError }, "removing the record of a failed publish failed"),
+      await within(this.options.store.delete(spec.volumeId), Math.max(0, cleanupDeadline - performance.now()), `removing the record of ${spec.volumeId}`).catch(
+        (cleanupError: unknown) => logger.error({ volumeId: spec.volumeId, err: cleanupError }, "removing the record of a failed publish failed"),
       );
       const failure = this.publishFailure(volume, error);
       observer.publishFinished(failure.code, (performance.now() - started) / 1000);
@@ -333,6 +340,18 @@ function fromRecord(record: VolumeRecord): VolumeSpec {
     attributes,
     fsGroup: record.fsGroup,
   };
+}
+
+/** Bound of the cleanup after a failed publish (an unmount and a record delete: milliseconds when healthy). */
+const cleanupTimeoutMs = 2_000;
+
+/** `work`'s outcome, or a deadline-exceeded error once `ms` pass; the work itself is not stopped. */
+function within<T>(work: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const expired = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new DriverError("deadline-exceeded", `${what} did not finish within ${ms / 1000}s; kubelet retries`)), ms);
+  });
+  return Promise.race([work, expired]).finally(() => clearTimeout(timer));
 }
 
 async function exists(path: string): Promise<boolean> {

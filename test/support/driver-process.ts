@@ -36,6 +36,8 @@ export interface DriverProcessOptions {
   nodeFlags?: string[];
   /** The driver's TMPDIR (its mount batches' fstab files), so a killed driver leaves nothing elsewhere. */
   tmpDir?: string;
+  /** A dir put first on the driver's PATH, e.g. with a mount(8) that hangs. */
+  pathPrefix?: string;
   extraArgs?: string[];
 }
 
@@ -95,7 +97,11 @@ export class DriverProcess {
       ...(options.extraArgs ?? []),
     ];
     this.logStream ??= createWriteStream(options.logFile, { flags: "a" });
-    const env = options.tmpDir === undefined ? process.env : { ...process.env, TMPDIR: options.tmpDir };
+    const env = {
+      ...process.env,
+      ...(options.tmpDir === undefined ? {} : { TMPDIR: options.tmpDir }),
+      ...(options.pathPrefix === undefined ? {} : { PATH: `${options.pathPrefix}:${process.env.PATH ?? "/usr/sbin:/usr/bin:/sbin:/bin"}` }),
+    };
     const child = spawn(process.execPath, args, { cwd: repoRoot, env, stdio: ["ignore", "pipe", "pipe"] });
     this.child = child;
     trackChild(child);

@@ -4,8 +4,9 @@ import { mkdir, mkdtemp, open, readFile, rm, stat, utimes } from "node:fs/promis
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
-import { MountCommandError, MountRunner, shellQuote, type MountRequest } from "../../src/files/mount-runner.js";
+import { MountCommandError, MountRunner, MountTimeoutError, shellQuote, type MountRequest } from "../../src/files/mount-runner.js";
 import { encodeMountField, isMountPoint } from "../../src/files/mount-table.js";
+import { hangingMountCommands } from "../support/hanging-mount.js";
 
 async function withDir(run: (dir: string) => Promise<void>): Promise<void> {
   const dir = await mkdtemp("/tmp/scsi-mr-");
@@ -35,7 +36,7 @@ test("fstab fields escape blanks and backslashes as octal", () => {
 
 test("mount and unmount, with paths that need quoting and escaping", async () => {
   await withDir(async (dir) => {
-    const runner = new MountRunner(2);
+    const runner = new MountRunner({ poolSize: 2 });
     try {
       const target = join(dir, "it's a target\\x");
       await mkdir(target);
@@ -53,7 +54,7 @@ test("mount and unmount, with paths that need quoting and escaping", async () =>
 
 test("in one batch, a bad target fails alone with mount's reason, and the others are mounted", async () => {
   await withDir(async (dir) => {
-    const runner = new MountRunner(1);
+    const runner = new MountRunner({ poolSize: 1 });
     try {
       const good = Array.from({ length: 5 }, (_, index) => join(dir, `good-${index}`));
       await Promise.all(good.map((target) => mkdir(target)));
@@ -93,7 +94,7 @@ test("in one batch, a bad target fails alone with mount's reason, and the others
 
 test("a burst larger than a batch is all mounted and unmounted", async () => {
   await withDir(async (dir) => {
-    const runner = new MountRunner(2);
+    const runner = new MountRunner({ poolSize: 2 });
     try {
       const targets = Array.from({ length: 300 }, (_, index) => join(dir, String(index)));
       await Promise.all(targets.map((target) => mkdir(target)));
@@ -109,7 +110,7 @@ test("a burst larger than a batch is all mounted and unmounted", async () => {
 
 test("a shell that dies is replaced for the next command", async () => {
   await withDir(async (dir) => {
-    const runner = new MountRunner(1);
+    const runner = new MountRunner({ poolSize: 1 });
     try {
       const target = join(dir, "t");
       await mkdir(target);
@@ -128,7 +129,7 @@ test("a shell that dies is replaced for the next command", async () => {
 
 test("a command for a shell that just died fails at once from the mount table, and the next one gets a new shell", { timeout: 15_000 }, async () => {
   await withDir(async (dir) => {
-    const runner = new MountRunner(1);
+    const runner = new MountRunner({ poolSize: 1 });
     try {
       const first = join(dir, "first");
       const second = join(dir, "second");
@@ -153,7 +154,7 @@ test("a command for a shell that just died fails at once from the mount table, a
 
 test("a closed runner rejects what is queued and what comes later", async () => {
   await withDir(async (dir) => {
-    const runner = new MountRunner(1);
+    const runner = new MountRunner({ poolSize: 1 });
     const targets = [join(dir, "a"), join(dir, "b")];
     await Promise.all(targets.map((target) => mkdir(target)));
     const first = runner.mount(tmpfs(targets[0]!));
@@ -170,7 +171,7 @@ test("fstab dirs left by a killed driver are swept; fresh ones are left alone", 
   await withDir(async (dir) => {
     const stale = await mkdtemp(join(tmpdir(), "spire-csi-fstab-"));
     const fresh = await mkdtemp(join(tmpdir(), "spire-csi-fstab-"));
-    const runner = new MountRunner(1);
+    const runner = new MountRunner({ poolSize: 1 });
     try {
       const twoMinutesAgo = new Date(Date.now() - 120_000);
       await utimes(stale, twoMinutesAgo, twoMinutesAgo);
@@ -195,3 +196,99 @@ async function exists(path: string): Promise<boolean> {
     () => false,
   );
 }
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+async function until(condition: () => Promise<boolean>): Promise<void> {
+  while (!(await condition())) await new Promise((resolve) => setTimeout(resolve, 20));
+}
+
+test("a hung mount fails alone at its deadline (its mount(8) killed); mounts behind it and other volumes' mounts and unmounts go on", { timeout: 30_000 }, async () => {
+  await withDir(async (dir) => {
+    const fake = await hangingMountCommands(dir);
+    const runner = new MountRunner({ poolSize: 1, commands: fake.commands });
+    try {
+      const [first, hung, behind, later, old] = ["first", "hang", "behind", "later", "old"].map((name) => join(dir, name)) as [string, string, string, string, string];
+      await Promise.all([first, hung, behind, later, old].map((target) => mkdir(target)));
+      await runner.mount(tmpfs(old));
+      // The shell is released just after the job settles.
+      await new Promise((resolve) => setImmediate(resolve));
+      const settled: string[] = [];
+      const track = (name: string, operation: Promise<void>) =>
+        operation.then(
+          () => void settled.push(name),
+          (error: unknown) => {
+            settled.push(name);
+            throw error;
+          },
+        );
+      // The first mount takes the only pooled shell, so the hung one and the one behind it go as
+      // one batch next, the hung target first in its fstab: the one behind is never attempted.
+      const firstMount = track("first", runner.mount(tmpfs(first), 20_000));
+      const hungMount = track("hang", runner.mount(tmpfs(hung), 3_000));
+      const behindMount = track("behind", runner.mount(tmpfs(behind), 20_000));
+      hungMount.catch(() => undefined);
+      await firstMount;
+      await until(async () => (await fake.hungPids()).length === 1);
+
+      // Other volumes, while the only pooled shell hangs: a spare shell takes them.
+      await track("later", runner.mount(tmpfs(later), 20_000));
+      await track("old", runner.unmount(old, 20_000));
+      assert.deepEqual(settled, ["first", "later", "old"], "neither waited for the hung mount");
+      assert.equal(await isMountPoint(later), true);
+      assert.equal(await isMountPoint(old), false);
+
+      await assert.rejects(hungMount, (error: unknown) => {
+        assert.ok(error instanceof MountTimeoutError);
+        assert.match(error.message, new RegExp(`^mounting tmpfs on ${hung} did not finish within 3s; the mount command was killed$`));
+        return true;
+      });
+      await behindMount;
+      assert.deepEqual(settled, ["first", "later", "old", "hang", "behind"]);
+      assert.equal(await isMountPoint(behind), true, "the innocent neighbour was retried alone and mounted");
+      assert.equal(await isMountPoint(hung), false);
+      const [pid] = await fake.hungPids();
+      await until(async () => !alive(pid!));
+    } finally {
+      runner.close();
+      for (const pid of await fake.hungPids()) if (alive(pid)) process.kill(pid, "SIGKILL");
+    }
+  });
+});
+
+test("a hung unmount fails at its deadline and does not hold up another volume's unmount", { timeout: 30_000 }, async () => {
+  await withDir(async (dir) => {
+    const fake = await hangingMountCommands(dir);
+    const runner = new MountRunner({ poolSize: 1, commands: fake.commands });
+    try {
+      const hung = join(dir, "hang");
+      const other = join(dir, "other");
+      await Promise.all([mkdir(hung), mkdir(other)]);
+      // Mounted with the real mount(8): the fake would hang on this target.
+      execFileSync("mount", ["-t", "tmpfs", "-o", "size=1m", "tmpfs", hung]);
+      await runner.mount(tmpfs(other));
+      const hungUnmount = runner.unmount(hung, 2_000);
+      let hungSettled = false;
+      hungUnmount.then(
+        () => (hungSettled = true),
+        () => (hungSettled = true),
+      );
+      await until(async () => (await fake.hungPids()).length === 1);
+      await runner.unmount(other, 20_000);
+      assert.equal(hungSettled, false, "the other unmount did not wait for the hung one");
+      assert.equal(await isMountPoint(other), false);
+      await assert.rejects(hungUnmount, (error: unknown) => error instanceof MountTimeoutError && /^unmounting .*hang did not finish within 2s/.test(error.message));
+      assert.equal(await isMountPoint(hung), true, "still mounted: the fake never unmounted it");
+    } finally {
+      runner.close();
+      for (const pid of await fake.hungPids()) if (alive(pid)) process.kill(pid, "SIGKILL");
+    }
+  });
+});
