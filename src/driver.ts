@@ -6,6 +6,7 @@ import { acquireDriverLock } from "./driver-lock.js";
 import { checkCsiServer } from "./csi/csi-self-check.js";
 import { startCsiServer } from "./csi/csi-server.js";
 import { KubeletRegistration } from "./csi/kubelet-registration.js";
+import { resolveKubeletPaths } from "./files/kubelet-paths.js";
 import { DriverMetrics } from "./metrics/driver-metrics.js";
 import { startHttpServer, type HealthChecks } from "./metrics/http-server.js";
 import type { Logger } from "./log.js";
@@ -73,6 +74,7 @@ export async function runDriver(config: DriverConfig, logger: Logger): Promise<{
   volumes = new VolumeManager({
     store,
     backing: config.volumeBacking === "tmpfs" ? { kind: "tmpfs", size: config.tmpfsSize, seLinuxContext: await tmpfsSeLinuxContext(config, logger) } : { kind: "directory" },
+    kubelet: await resolveKubeletPaths(config.kubeletRoot),
     publishTimeoutMs: config.publishTimeoutMs,
     logger: logger.child({ component: "volumes" }),
     volume: {

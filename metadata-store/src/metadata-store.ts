@@ -124,6 +124,19 @@ export class MetadataStore {
   }
 
   /**
+   * Moves the volume's record to `quarantine/` with the reason logged, for a record that is valid
+   * here but that its user found unusable (e.g. it breaks the driver's publish rules). A missing
+   * record is fine; a failed move throws MetadataStoreError("io").
+   */
+  async quarantineRecord(volumeId: string, reason: string): Promise<void> {
+    const id = checkId(volumeId);
+    const outcome = await this.locked(id, () => this.quarantine(`${id}${recordSuffix}`, reason));
+    if (outcome.kind === "quarantined" && outcome.quarantined.reason !== reason) {
+      throw new MetadataStoreError("io", `moving the record of ${id} to quarantine failed: ${outcome.quarantined.reason}`);
+    }
+  }
+
+  /**
    * Every usable record, plus every record file that was moved to quarantine by this call. Never
    * throws because of a bad record; throws MetadataStoreError("io") only if the filesystem fails.
    *

@@ -316,3 +316,20 @@ async function asUnprivileged<T>(dir: string, job: () => Promise<T>): Promise<T>
     process.seteuid(0);
   }
 }
+
+test("quarantineRecord moves a valid record its user refuses to quarantine/ with the reason; a missing one is fine", async (t) => {
+  const dir = await tempStoreDir(t);
+  const { warnings, logger } = collectingLogger();
+  const store = await MetadataStore.open(dir, { logger });
+  await store.put(record("csi-a"));
+  await store.put(record("csi-b"));
+  await store.quarantineRecord("csi-a", "fails the publish rules: target_path: must lie under /var/lib/kubelet/pods/x/");
+  await store.quarantineRecord("csi-missing", "gone already");
+  assert.deepEqual((await store.list()).records.map((r) => r.volumeId), ["csi-b"]);
+  const moved = await readdir(join(dir, "quarantine"));
+  assert.equal(moved.length, 1);
+  assert.match(moved[0]!, /^csi-a\.json\.\d{4}-/);
+  assert.deepEqual(JSON.parse(await readFile(join(dir, "quarantine", moved[0]!), "utf8")), record("csi-a"), "moved unchanged, for the operator to inspect");
+  assert.match(String((warnings[0]?.details as { reason?: string }).reason), /fails the publish rules/);
+  await assert.rejects(store.quarantineRecord("../x", "escape"), MetadataStoreError);
+});

@@ -1,11 +1,18 @@
 import { hostname } from "node:os";
-import { isAbsolute, join } from "node:path";
+import { isAbsolute, join, resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { z } from "zod";
 import { durationSchema } from "./duration.js";
 import { seLinuxContextSchema } from "./selinux-context.js";
 
-const absolutePath = z.string().refine(isAbsolute, "must be an absolute path");
+/**
+ * Normalised (`/var/lib/kubelet/` and `/var/lib//kubelet` become `/var/lib/kubelet`), so every
+ * path built from a flag compares equal to what kubelet sends.
+ */
+const absolutePath = z
+  .string()
+  .refine(isAbsolute, "must be an absolute path")
+  .transform((path) => resolve(path));
 const hostPort = z.string().regex(/^$|^[^\s]*:[0-9]{1,5}$/, "must be host:port (e.g. 0.0.0.0:9809) or empty");
 
 /**

@@ -1,4 +1,3 @@
-import { isAbsolute, normalize, relative, sep } from "node:path";
 import { DriverError, invalidArgument } from "../errors.js";
 import {
   VolumeCapability_AccessMode_Mode as AccessMode,
@@ -8,19 +7,8 @@ import {
 import { seLinuxContextSchema } from "../config/selinux-context.js";
 import { checkKeyMode, parseVolumeAttributes } from "../volume/volume-attributes.js";
 import type { VolumeSpec } from "../volume/volume-spec.js";
+import { checkTargetOfPod, parsePodField, parseTargetPath, parseVolumeId, podInfoKeys } from "../volume/volume-rules.js";
 
-const podInfoKeys = {
-  name: "csi.storage.k8s.io/pod.name",
-  namespace: "csi.storage.k8s.io/pod.namespace",
-  uid: "csi.storage.k8s.io/pod.uid",
-  serviceAccount: "csi.storage.k8s.io/serviceAccount.name",
-  ephemeral: "csi.storage.k8s.io/ephemeral",
-} as const;
-
-const volumeIdPattern = /^[A-Za-z0-9._-]{1,128}$/;
-// DNS-1123 labels/subdomains and UUIDs, as Kubernetes allows them for these fields.
-const kubernetesName = /^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$/;
-const podUidPattern = /^[A-Za-z0-9-]{1,64}$/;
 const writableModes = new Set([AccessMode.SINGLE_NODE_WRITER, AccessMode.SINGLE_NODE_MULTI_WRITER, AccessMode.SINGLE_NODE_SINGLE_WRITER]);
 
 /**
@@ -61,15 +49,12 @@ export function parsePublishRequest(request: NodePublishVolumeRequest, kubeletRo
     );
   }
   const pod = {
-    name: requireContext(context, podInfoKeys.name, kubernetesName),
-    namespace: requireContext(context, podInfoKeys.namespace, kubernetesName),
-    uid: requireContext(context, podInfoKeys.uid, podUidPattern),
-    serviceAccount: requireContext(context, podInfoKeys.serviceAccount, kubernetesName),
+    name: parsePodField("name", context[podInfoKeys.name]),
+    namespace: parsePodField("namespace", context[podInfoKeys.namespace]),
+    uid: parsePodField("uid", context[podInfoKeys.uid]),
+    serviceAccount: parsePodField("serviceAccount", context[podInfoKeys.serviceAccount]),
   };
-  const expectedPrefix = `${normalize(kubeletRoot)}${sep}pods${sep}${pod.uid}${sep}`;
-  if (!targetPath.startsWith(expectedPrefix)) {
-    throw invalidArgument("target_path", `must lie under ${expectedPrefix} (the pod's own volume dir)`);
-  }
+  checkTargetOfPod(targetPath, kubeletRoot, pod.uid);
 
   const { raw, attributes } = parseVolumeAttributes(context);
   const mountGroup = capability.accessType.value.volumeMountGroup;
@@ -81,55 +66,6 @@ export function parsePublishRequest(request: NodePublishVolumeRequest, kubeletRo
 
 export function parseUnpublishRequest(request: NodeUnpublishVolumeRequest, kubeletRoot: string): { volumeId: string; targetPath: string } {
   return { volumeId: parseVolumeId(request.volumeId), targetPath: parseTargetPath(request.targetPath, kubeletRoot) };
-}
-
-function parseVolumeId(volumeId: string): string {
-  if (volumeId === "") throw invalidArgument("volume_id", "is required");
-  if (!volumeIdPattern.test(volumeId) || volumeId === "." || volumeId === "..") {
-    throw invalidArgument("volume_id", "must be 1-128 characters of A-Z a-z 0-9 . _ -, not . or .. (kubelet sends csi-<sha256>)");
-  }
-  return volumeId;
-}
-
-/**
- * The target must be `<kubelet-root>/pods/<uid>/volumes/kubernetes.io~csi/<name>/mount`, written
- * without `.`/`..` components, so a request can never point the driver at another place.
- */
-function parseTargetPath(targetPath: string, kubeletRoot: string): string {
-  if (targetPath === "") throw invalidArgument("target_path", "is required");
-  if (!isAbsolute(targetPath)) throw invalidArgument("target_path", "must be an absolute path");
-  if (targetPath.includes("\0")) throw invalidArgument("target_path", "must not contain NUL");
-  if (normalize(targetPath) !== targetPath || targetPath.split(sep).some((part) => part === "." || part === "..")) {
-    throw invalidArgument("target_path", "must be a normalised path without . or .. components");
-  }
-  const inside = relative(normalize(kubeletRoot), targetPath).split(sep);
-  const shapeOk =
-    inside.length === 6 &&
-    inside[0] === "pods" &&
-    inside[2] === "volumes" &&
-    inside[3] === "kubernetes.io~csi" &&
-    inside[5] === "mount" &&
-    podUidPattern.test(inside[1] ?? "") &&
-    (inside[4] ?? "") !== "";
-  if (!shapeOk) {
-    throw invalidArgument(
-      "target_path",
-      `must be ${normalize(kubeletRoot)}/pods/<pod-uid>/volumes/kubernetes.io~csi/<volume>/mount (kubelet root: --kubelet-root)`,
-    );
-  }
-  return targetPath;
-}
-
-function requireContext(context: Record<string, string>, key: string, pattern: RegExp): string {
-  const value = context[key];
-  if (value === undefined || value === "") {
-    throw invalidArgument(
-      `volume_context[${key}]`,
-      "is missing: set podInfoOnMount: true on the csi.spire.io CSIDriver object",
-    );
-  }
-  if (!pattern.test(value)) throw invalidArgument(`volume_context[${key}]`, `${JSON.stringify(value.slice(0, 80))} is not a valid value`);
-  return value;
 }
 
 /**

@@ -3,21 +3,26 @@ import type { Logger } from "pino";
 import type { MetadataStore, VolumeRecord } from "@spire-csi-driver/metadata-store";
 import { DriverError } from "../errors.js";
 import { hasSnapshot } from "../files/atomic-snapshot.js";
+import { requireUnderPods, type KubeletPaths } from "../files/kubelet-paths.js";
 import { isMountPoint, readMountPoints } from "../files/mount-table.js";
 import { checkTarget, prepareTarget, releaseTarget, type PreparedTarget, type VolumeBacking } from "../files/target-mount.js";
 import { checkKeyMode, parseVolumeAttributes } from "./volume-attributes.js";
 import { KeyedMutex } from "./keyed-mutex.js";
 import { specDifference, type VolumeSpec } from "./volume-spec.js";
+import { checkRecordedVolume } from "./volume-rules.js";
 import { Volume, type VolumeDependencies } from "./volume.js";
 import { reportedPhase, type ReportedPhase } from "./volume-state.js";
 
 export interface VolumeManagerOptions {
   store: MetadataStore;
   backing: VolumeBacking;
+  kubelet: KubeletPaths;
   publishTimeoutMs: number;
   volume: VolumeDependencies;
   logger: Logger;
 }
+
+type AdoptionOutcome = "adopted" | "removed-stale" | "left-for-next-start" | "quarantined";
 
 export interface AdoptionReport {
   adopted: number;
@@ -134,10 +139,15 @@ export class VolumeManager {
     const { logger } = this.options;
     const { observer } = this.options.volume;
     const started = performance.now();
-    await checkTarget(spec.targetPath).catch((error: unknown) => {
-      observer.publishFinished(error instanceof DriverError ? error.code : "internal", (performance.now() - started) / 1000);
-      throw error;
-    });
+    await Promise.resolve()
+      .then(async () => {
+        await checkTarget(spec.targetPath);
+        await requireUnderPods(spec.targetPath, this.options.kubelet);
+      })
+      .catch((error: unknown) => {
+        observer.publishFinished(error instanceof DriverError ? error.code : "internal", (performance.now() - started) / 1000);
+        throw error;
+      });
     // The agent subscription, the record write and the mount (each a few ms) run side by side; no
     // file is written before the record is down and the target is ready. A crash after the mount
     // but before the record leaves an empty tmpfs that kubelet acts on either way: its retried
@@ -216,7 +226,16 @@ export class VolumeManager {
       );
     }
     let released: Awaited<ReturnType<typeof releaseTarget>> = "absent";
-    if (volume) {
+    const outside = await requireUnderPods(targetPath, this.options.kubelet).then(
+      () => undefined,
+      (error: unknown) => (error as Error).message,
+    );
+    if (outside !== undefined) {
+      // A symlinked ancestor: the dir behind it is not a volume of this node's pods.
+      await volume?.stop();
+      this.volumes.delete(volumeId);
+      logger.warn({ reason: outside }, "the target does not lie in kubelet's pods dir; left it untouched");
+    } else if (volume) {
       await volume.stop();
       this.volumes.delete(volumeId);
       released = await releaseTarget(targetPath);
@@ -253,13 +272,28 @@ export class VolumeManager {
     for (const outcome of outcomes) {
       if (outcome === "adopted") report.adopted += 1;
       if (outcome === "removed-stale") report.removedStale += 1;
+      if (outcome === "quarantined") report.quarantined += 1;
     }
     this.options.logger.info(report, "re-adopted recorded volumes");
     return report;
   }
 
-  private async adopt(record: VolumeRecord, mountTable: ReadonlySet<string>): Promise<"adopted" | "removed-stale" | "left-for-next-start"> {
+  private async adopt(record: VolumeRecord, mountTable: ReadonlySet<string>): Promise<AdoptionOutcome> {
     const logger = this.options.logger.child({ volumeId: record.volumeId });
+    let spec: VolumeSpec;
+    try {
+      spec = fromRecord(record, this.options.kubelet.root);
+    } catch (error) {
+      // A record kubelet's request could not have produced: it was not written by this driver
+      // as it is now (tampered, or from another kubelet root). Acting on it would mount and write
+      // wherever it points, with selectors from whatever it holds.
+      const reason = `fails the publish rules: ${(error as Error).message}`;
+      await this.options.store.quarantineRecord(record.volumeId, reason).catch((quarantineError: unknown) =>
+        logger.error({ reason: (quarantineError as Error).message }, "moving an invalid record to quarantine failed"),
+      );
+      this.adoptionFailures.set(record.volumeId, reason);
+      return "quarantined";
+    }
     try {
       this.reserveTarget(record.volumeId, record.targetPath);
     } catch (error) {
@@ -268,35 +302,30 @@ export class VolumeManager {
       this.adoptionFailures.set(record.volumeId, reason);
       return "left-for-next-start";
     }
-    const outcome = await this.adoptReserved(record, mountTable, logger);
+    const outcome = await this.adoptReserved(spec, mountTable, logger);
     this.settleReservation(record.volumeId, record.targetPath);
     return outcome;
   }
 
-  private async adoptReserved(
-    record: VolumeRecord,
-    mountTable: ReadonlySet<string>,
-    logger: Logger,
-  ): Promise<"adopted" | "removed-stale" | "left-for-next-start"> {
-    if (!(await exists(record.targetPath))) {
+  private async adoptReserved(spec: VolumeSpec, mountTable: ReadonlySet<string>, logger: Logger): Promise<AdoptionOutcome> {
+    if (!(await exists(spec.targetPath))) {
       try {
-        await this.options.store.delete(record.volumeId);
+        await this.options.store.delete(spec.volumeId);
       } catch (error) {
         logger.error({ reason: (error as Error).message }, "target is gone but its record could not be dropped; trying again at the next start");
         return "left-for-next-start";
       }
-      logger.info({ targetPath: record.targetPath }, "target is gone; dropped the volume's record");
+      logger.info({ targetPath: spec.targetPath }, "target is gone; dropped the volume's record");
       return "removed-stale";
     }
-    let spec: VolumeSpec;
     let prepared: PreparedTarget;
     try {
-      spec = fromRecord(record);
+      await requireUnderPods(spec.targetPath, this.options.kubelet);
       prepared = await prepareTarget(spec.targetPath, this.options.backing, spec.fsGroup, mountTable);
     } catch (error) {
       const reason = (error as Error).message;
       logger.error({ reason }, "cannot re-adopt volume; leaving its record for the next start");
-      this.adoptionFailures.set(record.volumeId, reason);
+      this.adoptionFailures.set(spec.volumeId, reason);
       return "left-for-next-start";
     }
     const volume = new Volume(spec, "adopting", this.options.volume, Promise.resolve(prepared));
@@ -329,13 +358,16 @@ function toRecord(spec: VolumeSpec): VolumeRecord {
   };
 }
 
-function fromRecord(record: VolumeRecord): VolumeSpec {
+/** The record as a VolumeSpec, held to the rules of a publish request (throws DriverError naming the field). */
+function fromRecord(record: VolumeRecord, kubeletRoot: string): VolumeSpec {
+  const pod = { uid: record.podUid, name: record.podName, namespace: record.podNamespace, serviceAccount: record.serviceAccount };
+  checkRecordedVolume({ volumeId: record.volumeId, targetPath: record.targetPath, pod }, kubeletRoot);
   const { raw, attributes } = parseVolumeAttributes(record.attributes);
   checkKeyMode(attributes.keyMode, record.fsGroup);
   return {
     volumeId: record.volumeId,
     targetPath: record.targetPath,
-    pod: { uid: record.podUid, name: record.podName, namespace: record.podNamespace, serviceAccount: record.serviceAccount },
+    pod,
     rawAttributes: raw,
     attributes,
     fsGroup: record.fsGroup,

@@ -1,11 +1,12 @@
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
-import { mkdir, readdir, symlink, writeFile } from "node:fs/promises";
+import { access, mkdir, readdir, symlink, writeFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { isMountPoint } from "../../src/files/mount-table.js";
 import { readVolumeIdentity } from "../support/identity-files.js";
+import { mountsUnder } from "../support/driver-node.js";
 import { ephemeralVolumeId } from "../support/kubelet-sim.js";
 import { startDriverFixture, type DriverFixture } from "./driver-fixture.js";
 
@@ -92,5 +93,81 @@ describe("the driver only ever touches its own volume", () => {
     await readVolumeIdentity(first.targetPath!);
     await fx.kubelet.unpublish({ volumeId: winner.volumeId!, targetPath: first.targetPath! });
     assert.equal(await isMountPoint(first.targetPath!), false);
+  });
+
+  test("item 3: publish refuses a target whose pod dir is a symlink to a dir outside the kubelet root", async () => {
+    const outside = join(fx.dir, "outside-3");
+    await mkdir(outside);
+    const pod = newPod();
+    await mkdir(join(fx.kubeletRoot, "pods"), { recursive: true });
+    await symlink(outside, join(fx.kubeletRoot, "pods", pod.uid));
+    const outcome = await fx.kubelet.tryPublish(pod, "svid");
+    assert.equal(outcome.error?.code, Code.InvalidArgument, outcome.error?.rawMessage ?? "published");
+    assert.match(outcome.error.rawMessage, /^target_path: \S+ resolves to \S+outside-3\S*, not \S+: a symlink below \S+ is never followed/);
+    assert.deepEqual(await mountsUnder(outside), [], "no tmpfs mounted outside");
+    assert.deepEqual(await readdir(join(outside, "volumes", "kubernetes.io~csi")), [], "no target made outside (kubelet removed its own volume dir)");
+  });
+
+  test("item 5: records that break the publish rules are quarantined at start, never mounted or written", async (t) => {
+    const outside = join(fx.dir, "outside-5");
+    await mkdir(join(outside, "mount"), { recursive: true });
+    // The fixture only unmounts below the kubelet root; a driver that trusted the record mounts here.
+    t.after(async () => {
+      if (await isMountPoint(join(outside, "mount"))) execFileSync("umount", [join(outside, "mount")]);
+    });
+    const pod = newPod();
+    const record = (volumeId: string, fields: Record<string, unknown>) =>
+      writeFile(
+        join(fx.metadataDir, `${volumeId}.json`),
+        JSON.stringify({
+          schemaVersion: 1,
+          volumeId,
+          targetPath: fx.kubelet.targetPath(pod.uid, "svid"),
+          podUid: pod.uid,
+          podName: pod.name,
+          podNamespace: pod.namespace,
+          serviceAccount: pod.serviceAccount,
+          attributes: {},
+          readOnly: true,
+          createdAt: new Date().toISOString(),
+          ...fields,
+        }),
+        { mode: 0o600 },
+      );
+    await mkdir(dirname(fx.kubelet.targetPath(pod.uid, "svid")), { recursive: true });
+    await record("csi-outside", { targetPath: join(outside, "mount") });
+    await record("csi-dotdot", { targetPath: `${fx.kubeletRoot}/pods/${pod.uid}/volumes/kubernetes.io~csi/svid/../../../../../../outside-5/mount` });
+    await record("csi-badpod", { serviceAccount: "sa:admin k8s:ns:kube-system" });
+    await record("csi-otherpod", { podUid: "99999999-0000-4000-8000-000000000000" });
+
+    await fx.driver.restart();
+    const adoption = await fx.driver.waitForLog((line) => line.msg === "re-adopted recorded volumes", 10_000);
+    assert.equal(adoption.quarantined, 4);
+    assert.equal(adoption.adopted, 0);
+    const quarantined = await readdir(join(fx.metadataDir, "quarantine"));
+    for (const id of ["csi-outside", "csi-dotdot", "csi-badpod", "csi-otherpod"]) {
+      assert.ok(quarantined.some((name) => name.startsWith(`${id}.json.`)), `${id} quarantined`);
+      await assert.rejects(access(join(fx.metadataDir, `${id}.json`)));
+    }
+    const reasons = fx.driver.logs.filter((line) => line.msg === "quarantined an unusable volume record").map((line) => String(line.reason));
+    assert.ok(reasons.some((reason) => /^fails the publish rules: target_path: must be /.test(reason)), reasons.join("\n"));
+    assert.ok(reasons.some((reason) => /serviceAccount\.name\]: .* is not a valid value/.test(reason)), reasons.join("\n"));
+    assert.ok(reasons.some((reason) => /target_path: must lie under/.test(reason)), reasons.join("\n"));
+    assert.equal(await isMountPoint(join(outside, "mount")), false);
+    assert.deepEqual(await readdir(join(outside, "mount")), [], "nothing written where the records pointed");
+  });
+
+  test("item 14: --kubelet-root with a trailing slash still accepts kubelet's targets", async () => {
+    const configured = fx.driver.options.kubeletRoot;
+    fx.driver.options.kubeletRoot = `${configured}/`;
+    try {
+      await fx.driver.restart();
+      const volume = await fx.kubelet.publish(newPod(), "svid");
+      await readVolumeIdentity(volume.targetPath);
+      await fx.kubelet.unpublish(volume);
+    } finally {
+      fx.driver.options.kubeletRoot = configured;
+      await fx.driver.restart();
+    }
   });
 });

@@ -45,3 +45,11 @@ test("--help lists every option with its environment variable and default", () =
     if (option.default) assert.ok(text.includes(`default: ${option.default}`), `help shows the default of --${name}`);
   }
 });
+
+test("path options are normalised: a trailing slash or doubled slash in --kubelet-root does not break target checks", () => {
+  const config = loadConfig(["--kubelet-root", "/var/lib/kubelet/", "--metadata-dir", "/var/lib//spire-csi-driver/volumes/", "--plugin-socket", "/csi/./csi.sock"], {});
+  assert.equal(config.kubeletRoot, "/var/lib/kubelet");
+  assert.equal(config.metadataDir, "/var/lib/spire-csi-driver/volumes");
+  assert.equal(config.pluginSocket, "/csi/csi.sock");
+  assert.equal(loadConfig([], { SPIRE_CSI_KUBELET_ROOT: "/data/kubelet/" }).kubeletRoot, "/data/kubelet");
+});
