@@ -47,7 +47,13 @@ export async function runDriver(config: DriverConfig, logger: Logger): Promise<{
   let volumes: VolumeManager | undefined;
   let agentConnected = () => false;
   const isReady = () => agentConnected();
-  const metrics = new DriverMetrics({ version, volumes: () => volumes, agentConnected: isReady });
+  let registration: KubeletRegistration | undefined;
+  const metrics = new DriverMetrics({
+    version,
+    volumes: () => volumes,
+    agentConnected: isReady,
+    kubeletRegistered: () => registration?.status?.registered === true,
+  });
   let serving = false;
   const health: HealthChecks = {
     // Waiting for the lock and re-adopting volumes are progress, not a hang: alive meanwhile.
@@ -99,7 +105,7 @@ export async function runDriver(config: DriverConfig, logger: Logger): Promise<{
     volumes,
     logger,
   });
-  const registration = config.registrationSocket
+  registration = config.registrationSocket
     ? new KubeletRegistration({
         socketPath: config.registrationSocket,
         endpoint: config.pluginSocketHostPath,

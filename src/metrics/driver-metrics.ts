@@ -14,7 +14,12 @@ export class DriverMetrics implements VolumeObserver {
   private readonly bundleUpdates: Counter<"bundle">;
   private readonly jwtFetches: Counter<"result">;
 
-  constructor(source: { version: string; volumes: () => VolumeManager | undefined; agentConnected: () => boolean }) {
+  constructor(source: {
+    version: string;
+    volumes: () => VolumeManager | undefined;
+    agentConnected: () => boolean;
+    kubeletRegistered: () => boolean;
+  }) {
     const registers = [this.registry];
     // Without a prefix: the standard Node.js dashboards and alerts query process_* and nodejs_*.
     // prom-client samples event-loop delay with a native timer, every 10 ms by default: 100
@@ -99,6 +104,14 @@ export class DriverMetrics implements VolumeObserver {
       registers,
       collect() {
         this.set(source.agentConnected() ? 1 : 0);
+      },
+    });
+    new Gauge({
+      name: "spire_csi_kubelet_registered",
+      help: "1 once kubelet's plugin watcher reported the driver registered (NotifyRegistrationStatus); 0 before that, after a refusal, or without self-registration",
+      registers,
+      collect() {
+        this.set(source.kubeletRegistered() ? 1 : 0);
       },
     });
   }

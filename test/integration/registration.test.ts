@@ -4,6 +4,7 @@ import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { after, before, describe, test } from "node:test";
 import { registerLikeKubelet } from "../support/plugin-watcher.js";
+import { sample } from "../support/prometheus.js";
 import { startDriverFixture, type DriverFixture } from "./driver-fixture.js";
 
 async function waitFor<T>(what: string, attempt: () => Promise<T | undefined>, timeoutMs = 20_000): Promise<T> {
@@ -38,7 +39,10 @@ describe("self-registration with kubelet (pluginregistration v1)", () => {
   });
   after(() => fx.close());
 
-  test("the plugin watcher's GetInfo names the CSI driver and its socket; kubelet's status is logged", async () => {
+  test("the plugin watcher's GetInfo names the CSI driver and its socket; kubelet's status is logged and exported", async () => {
+    const address = (await fx.driver.waitForLog((line) => line.msg === "metrics and health endpoints listening")).address;
+    const registered = async () => sample(await (await fetch(`http://${String(address)}/metrics`)).text(), "spire_csi_kubelet_registered");
+    assert.equal(await registered(), 0, "not registered before kubelet says so");
     assert.ok((await lstat(registrationSocket)).isSocket(), "socket in <kubelet-root>/plugins_registry/");
     assert.equal((await lstat(registrationSocket)).mode & 0o777, 0o600, "only root may connect");
     const info = await registerLikeKubelet(registrationSocket);
@@ -49,11 +53,13 @@ describe("self-registration with kubelet (pluginregistration v1)", () => {
     // What kubelet does next with the endpoint.
     assert.equal((await fx.kubelet.node.nodeGetInfo({})).nodeId, "test-node");
     await fx.driver.waitForLog((line) => line.msg === "kubelet registered the driver" && line.endpoint === pluginSocket);
+    assert.equal(await registered(), 1);
 
     const mark = fx.driver.logs.length;
     await registerLikeKubelet(registrationSocket, { registered: false, error: "driver name csi.spire.io already registered" });
     const refused = await fx.driver.waitForLog((line) => line.msg === "kubelet refused to register the driver", 10_000, mark);
     assert.equal(refused.reason, "driver name csi.spire.io already registered");
+    assert.equal(await registered(), 0, "a refusal is alertable");
   });
 
   test("kubelet restart: a new plugin watcher finds the same socket still served", async () => {
