@@ -1,5 +1,5 @@
 import type { X509Identity } from "../spire/x509-identity.js";
-import { envoySdsResponse } from "./envoy-sds.js";
+import { envoySdsResponse, type EnvoyValidator } from "./envoy-sds.js";
 import { certificatesToPem, toPem } from "./pem.js";
 import { pkcs12Keystore, pkcs12Truststore } from "./pkcs12.js";
 import type { SnapshotFile } from "./snapshot-file.js";
@@ -29,7 +29,7 @@ export interface LayoutOptions {
   allSvids: boolean;
   /** One token file per audience. */
   jwt: { audience: string; file: string }[];
-  envoySds: { file: string; certSecret: string; caSecret: string } | undefined;
+  envoySds: { file: string; certSecret: string; caSecret: string; validator: EnvoyValidator } | undefined;
   /** PKCS#12 keystore.p12 and truststore.p12 (for Java), with this password. */
   keystore: { password: string } | undefined;
   /** Only the trust bundles, for clients that verify SPIFFE peers but have no SVID of their own. */
@@ -134,7 +134,6 @@ export function renderVolumeFiles(attributes: LayoutOptions, input: SnapshotInpu
   }
 
   if (attributes.envoySds) {
-    const validation = [...own, ...intermediates, ...federated.flatMap((entry) => entry.certs)];
     files.push({
       name: attributes.envoySds.file,
       content: envoySdsResponse({
@@ -142,7 +141,8 @@ export function renderVolumeFiles(attributes: LayoutOptions, input: SnapshotInpu
         caSecret: attributes.envoySds.caSecret,
         chainPem,
         keyPem,
-        trustedCaPem: certificatesToPem(validation),
+        validator: attributes.envoySds.validator,
+        bundles: [{ trustDomain: identity.trustDomain, certs: [...own, ...intermediates] }, ...federated].map(({ trustDomain, certs }) => ({ trustDomain, pem: certificatesToPem(certs) })),
       }),
       secret: true,
     });

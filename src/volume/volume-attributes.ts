@@ -85,6 +85,7 @@ export const volumeAttributesSchema = z.strictObject({
   "csi.spire.io/envoy-sds-file": portableFileName.default("envoy-sds.json"),
   "csi.spire.io/envoy-cert-secret": secretName.default("default"),
   "csi.spire.io/envoy-ca-secret": secretName.default("ROOTCA"),
+  "csi.spire.io/envoy-validator": z.enum(["spiffe", "trusted-ca"], { message: "must be spiffe or trusted-ca" }).default("spiffe"),
   "csi.spire.io/fs-group": fsGroup.optional(),
   "csi.spire.io/key-mode": fileMode.optional(),
   "csi.spire.io/keystore": z.enum(["pkcs12"], { message: "must be pkcs12" }).optional(),
@@ -184,6 +185,7 @@ function resolve(parsed: ParsedAttributes): VolumeAttributes {
         file: parsed["csi.spire.io/envoy-sds-file"],
         certSecret: parsed["csi.spire.io/envoy-cert-secret"],
         caSecret: parsed["csi.spire.io/envoy-ca-secret"],
+        validator: parsed["csi.spire.io/envoy-validator"],
       }
     : undefined;
   if (envoySds && envoySds.certSecret === envoySds.caSecret) reject("envoy-ca-secret", "must differ from envoy-cert-secret");

@@ -96,7 +96,8 @@ describe("real SPIRE: formats, federation, JWT refresh, Envoy SDS", { timeout: 1
     const before = await checkEnvoySds(sdsFile, "default", "ROOTCA");
     assert.deepEqual(before.leafUris, [edgeId]);
     assert.ok(before.keyMatchesLeaf);
-    assert.equal(before.trustedCas, 2, "own and federated CAs in the validation context");
+    assert.equal(before.validator, "spiffe");
+    assert.deepEqual(before.trustDomains, { "example.org": 1, "partner.test": 1 }, "one SPIFFE validator entry per trust domain, each with its own bundle");
     const deadline = Date.now() + 40_000;
     let after = before;
     while (after.leafSerial === before.leafSerial && Date.now() < deadline) {
@@ -105,5 +106,6 @@ describe("real SPIRE: formats, federation, JWT refresh, Envoy SDS", { timeout: 1
     }
     assert.notEqual(after.leafSerial, before.leafSerial, "rotated within one TTL");
     assert.ok(after.keyMatchesLeaf);
+    assert.deepEqual(after.trustDomains, before.trustDomains);
   });
 });

@@ -5,6 +5,7 @@ import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { Code } from "@connectrpc/connect";
+import { checkEnvoySds } from "../support/envoy-sds-checker.js";
 import { checkIdentity, pemBlocks, readVolumeIdentity } from "../support/identity-files.js";
 import { startDriverFixture, type DriverFixture } from "./driver-fixture.js";
 
@@ -147,31 +148,60 @@ describe("file layouts and formats", () => {
     await fx.kubelet.unpublish(volume);
   });
 
-  test("Envoy SDS: a DiscoveryResponse with tls_certificate and validation_context secrets, rewritten on rotation", async () => {
+  test("Envoy SDS: tls_certificate and a SPIFFE-validator validation_context (one bundle per trust domain), valid for Envoy's API before and after a rotation", async () => {
     const volume = await fx.kubelet.publish(pod, "envoy", {
       "csi.spire.io/envoy-sds": "true",
       "csi.spire.io/envoy-cert-secret": "spiffe_svid",
       "csi.spire.io/envoy-ca-secret": "spiffe_validation",
     });
-    type Sds = { resources: { "@type": string; name: string; tls_certificate?: { certificate_chain: { inline_string: string }; private_key: { inline_string: string } }; validation_context?: { trusted_ca: { inline_string: string } } }[] };
-    const read = async () => JSON.parse(await readFile(join(volume.targetPath, "envoy-sds.json"), "utf8")) as Sds;
+    type TrustDomain = { name: string; trust_bundle: { inline_string: string } };
+    type Sds = {
+      resources: {
+        "@type": string;
+        name: string;
+        tls_certificate?: { certificate_chain: { inline_string: string }; private_key: { inline_string: string } };
+        validation_context?: { custom_validator_config: { name: string; typed_config: { "@type": string; trust_domains: TrustDomain[] } } };
+      }[];
+    };
+    const file = join(volume.targetPath, "envoy-sds.json");
+    const read = async () => JSON.parse(await readFile(file, "utf8")) as Sds;
     const sds = await read();
     assert.deepEqual(sds.resources.map((r) => [r["@type"], r.name]), [
       ["type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret", "spiffe_svid"],
       ["type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret", "spiffe_validation"],
     ]);
+    const validator = sds.resources[1]!.validation_context!.custom_validator_config;
+    assert.equal(validator.name, "envoy.tls.cert_validator.spiffe");
+    assert.equal(validator.typed_config["@type"], "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.SPIFFECertValidatorConfig");
+    assert.deepEqual(validator.typed_config.trust_domains.map((domain) => domain.name), ["example.org", "partner.example"]);
+    const [own, partner] = validator.typed_config.trust_domains.map((domain) => domain.trust_bundle.inline_string);
     const tls = sds.resources[0]!.tls_certificate!;
-    const ca = sds.resources[1]!.validation_context!.trusted_ca.inline_string;
-    const before = checkIdentity(tls.certificate_chain.inline_string, tls.private_key.inline_string, ca);
+    const before = checkIdentity(tls.certificate_chain.inline_string, tls.private_key.inline_string, own!);
     assert.equal(before.spiffeId, edgeId);
-    assert.equal(pemBlocks(ca).length, 2, "own and federated roots for validation");
+    assert.throws(() => checkIdentity(tls.certificate_chain.inline_string, tls.private_key.inline_string, partner!), /does not verify/, "bundles are never merged");
+    const checked = await checkEnvoySds(file, "spiffe_svid", "spiffe_validation");
+    assert.deepEqual({ validator: checked.validator, trustDomains: checked.trustDomains, leafUris: checked.leafUris }, { validator: "spiffe", trustDomains: { "example.org": 1, "partner.example": 1 }, leafUris: [edgeId] });
+
     const mark = fx.driver.logs.length;
     await fx.agent.rotate("edge");
     await fx.driver.waitForLog((line) => line.volumeId === volume.volumeId && line.msg === "identity files rotated", 10_000, mark);
-    const rotated = await read();
-    const after = checkIdentity(rotated.resources[0]!.tls_certificate!.certificate_chain.inline_string, rotated.resources[0]!.tls_certificate!.private_key.inline_string, ca);
+    const rotated = (await read()).resources[0]!.tls_certificate!;
+    const after = checkIdentity(rotated.certificate_chain.inline_string, rotated.private_key.inline_string, own!);
     assert.notEqual(after.serialNumber, before.serialNumber);
-    assert.equal(await readFile(join(volume.targetPath, "tls.crt"), "utf8"), rotated.resources[0]!.tls_certificate!.certificate_chain.inline_string, "same snapshot as tls.crt");
+    assert.equal(await readFile(join(volume.targetPath, "tls.crt"), "utf8"), rotated.certificate_chain.inline_string, "same snapshot as tls.crt");
+    const checkedAfter = await checkEnvoySds(file, "spiffe_svid", "spiffe_validation");
+    assert.notEqual(checkedAfter.leafSerial, checked.leafSerial);
+    assert.deepEqual(checkedAfter.trustDomains, checked.trustDomains);
+    await fx.kubelet.unpublish(volume);
+  });
+
+  test("Envoy SDS opt-out: envoy-validator trusted-ca writes one merged trusted_ca, also valid for Envoy's API", async () => {
+    const volume = await fx.kubelet.publish(pod, "envoy-ca", { "csi.spire.io/envoy-sds": "true", "csi.spire.io/envoy-validator": "trusted-ca" });
+    const sds = JSON.parse(await readFile(join(volume.targetPath, "envoy-sds.json"), "utf8")) as { resources: { validation_context?: Record<string, { inline_string: string }> }[] };
+    assert.deepEqual(Object.keys(sds.resources[1]!.validation_context!), ["trusted_ca"]);
+    const checked = await checkEnvoySds(join(volume.targetPath, "envoy-sds.json"), "default", "ROOTCA");
+    assert.equal(checked.validator, "trusted-ca");
+    assert.equal(checked.trustedCas, 2, "own and federated roots merged");
     await fx.kubelet.unpublish(volume);
   });
 
@@ -188,6 +218,7 @@ describe("file layouts and formats", () => {
       [{ "csi.spire.io/spiffe-id": "http://example.org/x" }, /volume_context\[csi\.spire\.io\/spiffe-id\]: must be a SPIFFE ID/],
       [{ "csi.spire.io/envoy-sds": "true", "csi.spire.io/envoy-cert-secret": "x", "csi.spire.io/envoy-ca-secret": "x" }, /volume_context\[csi\.spire\.io\/envoy-ca-secret\]: must differ/],
       [{ "csi.spire.io/envoy-sds": "true", "csi.spire.io/envoy-sds-file": "tls.crt" }, /file names must differ/],
+      [{ "csi.spire.io/envoy-validator": "strict" }, /volume_context\[csi\.spire\.io\/envoy-validator\]: must be spiffe or trusted-ca/],
       [{ "csi.spire.io/envoy-sds-file": "sds/../x" }, /volume_context\[csi\.spire\.io\/envoy-sds-file\]: must use only the portable characters/],
       [{ "csi.spire.io/credential-file": "a\u0000b", "csi.spire.io/layout": "spiffe-fs" }, /volume_context\[csi\.spire\.io\/credential-file\]: must use only the portable characters/],
     ];

@@ -67,10 +67,15 @@ async function readOnce(target: Target): Promise<void> {
     }
     case "envoy-sds": {
       const sds = JSON.parse(await readFile(join(target.dir, "envoy-sds.json"), "utf8")) as {
-        resources: { tls_certificate?: { certificate_chain: { inline_string: string }; private_key: { inline_string: string } }; validation_context?: { trusted_ca: { inline_string: string } } }[];
+        resources: {
+          tls_certificate?: { certificate_chain: { inline_string: string }; private_key: { inline_string: string } };
+          validation_context?: { custom_validator_config: { typed_config: { trust_domains: { trust_bundle: { inline_string: string } }[] } } };
+        }[];
       };
       const tls = sds.resources[0]!.tls_certificate!;
-      check(tls.certificate_chain.inline_string, tls.private_key.inline_string, sds.resources[1]!.validation_context!.trusted_ca.inline_string);
+      // The SPIFFE validator lists the own trust domain first.
+      const own = sds.resources[1]!.validation_context!.custom_validator_config.typed_config.trust_domains[0]!.trust_bundle.inline_string;
+      check(tls.certificate_chain.inline_string, tls.private_key.inline_string, own);
       return;
     }
   }

@@ -15,7 +15,11 @@ export interface SdsReport {
   leafUris: string[];
   leafSerial: string;
   chainLength: number;
+  validator: "spiffe" | "trusted-ca";
+  /** All CA certificates of the validation context. */
   trustedCas: number;
+  /** With the SPIFFE validator: CA certificates per trust domain. */
+  trustDomains?: Record<string, number>;
   keyMatchesLeaf: boolean;
 }
 

@@ -20,13 +20,15 @@ import (
 )
 
 type report struct {
-	CertSecret     string   `json:"certSecret"`
-	CaSecret       string   `json:"caSecret"`
-	LeafURIs       []string `json:"leafUris"`
-	LeafSerial     string   `json:"leafSerial"`
-	ChainLength    int      `json:"chainLength"`
-	TrustedCAs     int      `json:"trustedCas"`
-	KeyMatchesLeaf bool     `json:"keyMatchesLeaf"`
+	CertSecret     string         `json:"certSecret"`
+	CaSecret       string         `json:"caSecret"`
+	LeafURIs       []string       `json:"leafUris"`
+	LeafSerial     string         `json:"leafSerial"`
+	ChainLength    int            `json:"chainLength"`
+	Validator      string         `json:"validator"`
+	TrustedCAs     int            `json:"trustedCas"`
+	TrustDomains   map[string]int `json:"trustDomains,omitempty"`
+	KeyMatchesLeaf bool           `json:"keyMatchesLeaf"`
 }
 
 func main() {
@@ -62,8 +64,8 @@ func main() {
 		fail("no validation_context secret named %q", os.Args[3])
 	}
 	chain := parseCerts(certSecret.GetTlsCertificate().GetCertificateChain().GetInlineString())
-	cas := parseCerts(caSecret.GetValidationContext().GetTrustedCa().GetInlineString())
-	if len(chain) == 0 || len(cas) == 0 {
+	validator, trustDomains, cas := validation(caSecret.GetValidationContext())
+	if len(chain) == 0 || cas == 0 {
 		fail("empty certificate chain or trusted CA")
 	}
 	key := certSecret.GetTlsCertificate().GetPrivateKey().GetInlineString()
@@ -93,10 +95,48 @@ func main() {
 		LeafURIs:       uris,
 		LeafSerial:     fmt.Sprintf("%X", chain[0].SerialNumber),
 		ChainLength:    len(chain),
-		TrustedCAs:     len(cas),
+		Validator:      validator,
+		TrustedCAs:     cas,
+		TrustDomains:   trustDomains,
 		KeyMatchesLeaf: matches,
 	})
 	fmt.Println(string(out))
+}
+
+// validation reads either a plain trusted_ca or Envoy's SPIFFE certificate validator, whose
+// typed_config must be a valid SPIFFECertValidatorConfig with one non-empty bundle per trust domain.
+func validation(context *tlsv3.CertificateValidationContext) (string, map[string]int, int) {
+	custom := context.GetCustomValidatorConfig()
+	if custom == nil {
+		return "trusted-ca", nil, len(parseCerts(context.GetTrustedCa().GetInlineString()))
+	}
+	if custom.GetName() != "envoy.tls.cert_validator.spiffe" {
+		fail("custom_validator_config.name is %q, not envoy.tls.cert_validator.spiffe", custom.GetName())
+	}
+	if context.GetTrustedCa() != nil {
+		fail("trusted_ca next to the SPIFFE validator (Envoy rejects the combination)")
+	}
+	var config tlsv3.SPIFFECertValidatorConfig
+	if err := custom.GetTypedConfig().UnmarshalTo(&config); err != nil {
+		fail("typed_config is not a SPIFFECertValidatorConfig: %v", err)
+	}
+	if err := config.ValidateAll(); err != nil {
+		fail("SPIFFECertValidatorConfig fails Envoy's validation rules: %v", err)
+	}
+	trustDomains := map[string]int{}
+	total := 0
+	for _, domain := range config.GetTrustDomains() {
+		if _, seen := trustDomains[domain.GetName()]; seen {
+			fail("trust domain %q listed twice", domain.GetName())
+		}
+		certs := parseCerts(domain.GetTrustBundle().GetInlineString())
+		if len(certs) == 0 {
+			fail("trust domain %q has an empty bundle", domain.GetName())
+		}
+		trustDomains[domain.GetName()] = len(certs)
+		total += len(certs)
+	}
+	return "spiffe", trustDomains, total
 }
 
 func parseCerts(text string) []*x509.Certificate {
