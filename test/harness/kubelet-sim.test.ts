@@ -39,13 +39,18 @@ interface StubDriver {
   leaveFilesOnUnpublish: boolean;
   /** Create the target and a file before failing (a driver that does not clean up its failure). */
   createTargetBeforeFailing: boolean;
+  advertiseMultiWriter: boolean;
+  /** Errors the next NodeGetCapabilities calls fail with, in order. */
+  capabilityFailures: ConnectError[];
+  /** Errors the next NodeUnpublishVolume calls fail with, in order. */
+  unpublishFailures: ConnectError[];
 }
 
 async function startStubDriver(t: TestContext): Promise<{ stub: StubDriver; kubelet: KubeletSimulator; kubeletRoot: string }> {
   const dir = await mkdtemp("/tmp/ks-");
   const socketPath = join(dir, "csi.sock");
   const kubeletRoot = join(dir, "kubelet");
-  const stub: StubDriver = { calls: [], publishes: [], failures: [], advertiseMountGroup: false, leaveFilesOnUnpublish: false, createTargetBeforeFailing: false };
+  const stub: StubDriver = { calls: [], publishes: [], failures: [], advertiseMountGroup: false, leaveFilesOnUnpublish: false, createTargetBeforeFailing: false, advertiseMultiWriter: false, capabilityFailures: [], unpublishFailures: [] };
   const handler = connectNodeAdapter({
     grpc: true,
     connect: false,
@@ -64,9 +69,10 @@ async function startStubDriver(t: TestContext): Promise<{ stub: StubDriver; kube
         },
         nodeGetCapabilities: () => {
           stub.calls.push("NodeGetCapabilities");
-          return {
-            capabilities: stub.advertiseMountGroup ? [{ type: { case: "rpc", value: { type: RpcType.VOLUME_MOUNT_GROUP } } }] : [],
-          };
+          const failure = stub.capabilityFailures.shift();
+          if (failure) throw failure;
+          const types = [...(stub.advertiseMountGroup ? [RpcType.VOLUME_MOUNT_GROUP] : []), ...(stub.advertiseMultiWriter ? [RpcType.SINGLE_NODE_MULTI_WRITER] : [])];
+          return { capabilities: types.map((type) => ({ type: { case: "rpc" as const, value: { type } } })) };
         },
         nodePublishVolume: async (request) => {
           stub.calls.push("NodePublishVolume");
@@ -86,6 +92,8 @@ async function startStubDriver(t: TestContext): Promise<{ stub: StubDriver; kube
         },
         nodeUnpublishVolume: async (request) => {
           stub.calls.push("NodeUnpublishVolume");
+          const failure = stub.unpublishFailures.shift();
+          if (failure) throw failure;
           if (!stub.leaveFilesOnUnpublish) await rm(join(request.targetPath, "tls.crt"), { force: true });
           return {};
         },
@@ -245,5 +253,64 @@ describe("kubelet simulator", () => {
     const volume = await kubelet.publish(pod, "spiffe");
     await assert.rejects(kubelet.unpublish(volume), /ENOTEMPTY/);
     assert.equal(kubelet.publishedVolumes.length, 1, "teardown is still pending, as in kubelet");
+  });
+
+  test("a missing plugin socket is Unavailable, as grpc-go reports it: publish keeps the volume dir and retries, unpublish fails uncertain", async () => {
+    const dir = await mkdtemp("/tmp/ks-");
+    try {
+      const kubelet = new KubeletSimulator({ pluginSocket: join(dir, "gone.sock"), kubeletRoot: join(dir, "kubelet"), nodeName: "test-node" });
+      const outcome = await kubelet.tryPublish(pod, "spiffe", {}, { maxAttempts: 2 });
+      assert.deepEqual({ attempts: outcome.attempts, code: outcome.error?.code }, { attempts: 2, code: Code.Unavailable });
+      assert.equal(existsSync(join(outcome.targetPath, "..")), true, "a transient failure removes nothing");
+      await assert.rejects(kubelet.unpublish(outcome), (error: unknown) => error instanceof ConnectError && error.code === Code.Unavailable);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  test("a failed capability check is transient: retried, no publish call, nothing removed, nothing to unpublish", async (t) => {
+    const { stub, kubelet } = await startStubDriver(t);
+    stub.capabilityFailures.push(new ConnectError("busy", Code.Internal), new ConnectError("busy", Code.Internal));
+    const outcome = await kubelet.tryPublish(pod, "spiffe", {}, { maxAttempts: 2 });
+    assert.deepEqual({ attempts: outcome.attempts, code: outcome.error?.code }, { attempts: 2, code: Code.Internal });
+    assert.equal(stub.publishes.length, 0);
+    assert.equal(existsSync(join(outcome.targetPath, "..")), true, "an Internal capability error is not final: the volume dir stays");
+    assert.equal(kubelet.publishedVolumes.length, 0, "nothing was published, so nothing is uncertain");
+    const volume = await kubelet.publish(pod, "spiffe");
+    assert.equal(volume.attempts, 1);
+  });
+
+  test("NodeGetCapabilities inside each publish decides the access mode: SINGLE_NODE_MULTI_WRITER when advertised", async (t) => {
+    const { stub, kubelet } = await startStubDriver(t);
+    await kubelet.publish(pod, "a");
+    stub.advertiseMultiWriter = true;
+    await kubelet.publish(pod, "b");
+    assert.deepEqual(stub.publishes.map((seen) => seen.request.volumeCapability?.accessMode?.mode), [AccessMode.SINGLE_NODE_WRITER, AccessMode.SINGLE_NODE_MULTI_WRITER]);
+  });
+
+  test("readonly is the volume's csi.readOnly: false for a pod spec that leaves it out", async (t) => {
+    const { stub, kubelet } = await startStubDriver(t);
+    await kubelet.publish({ ...pod, readOnly: false }, "a");
+    await kubelet.publish(pod, "b");
+    assert.deepEqual(stub.publishes.map((seen) => seen.request.readonly), [false, true]);
+  });
+
+  test("final errors are retried when asked, as kubelet's reconciler does: a fresh dir and vol_data.json each time", async (t) => {
+    const { stub, kubelet } = await startStubDriver(t);
+    stub.failures.push(new ConnectError("not yet", Code.FailedPrecondition), new ConnectError("not yet", Code.FailedPrecondition));
+    const volume = await kubelet.publish(pod, "spiffe", {}, { retryFinalErrors: true, maxDelayMs: 100 });
+    assert.equal(volume.attempts, 3);
+    assert.deepEqual(stub.publishes.map((seen) => seen.targetExisted), [false, false, false], "the failed attempt's dir was removed");
+    assert.ok(stub.publishes.every((seen) => (seen.volumeData as { volumeHandle: string }).volumeHandle === knownVolumeId));
+  });
+
+  test("teardown is retried with kubelet's backoff until it succeeds", async (t) => {
+    const { stub, kubelet } = await startStubDriver(t);
+    const volume = await kubelet.publish(pod, "spiffe");
+    stub.unpublishFailures.push(new ConnectError("driver restarting", Code.Unavailable), new ConnectError("still", Code.Unavailable));
+    const { attempts } = await kubelet.unpublish(volume, { maxAttempts: 10, maxDelayMs: 100 });
+    assert.equal(attempts, 3);
+    assert.equal(existsSync(join(volume.targetPath, "..")), false);
+    assert.equal(kubelet.publishedVolumes.length, 0);
   });
 });

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { stat } from "node:fs/promises";
+import { readdir, stat } from "node:fs/promises";
 import { after, before, describe, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { Code } from "@connectrpc/connect";
@@ -92,5 +92,22 @@ describe("agent behaviour and faults", () => {
     assert.equal((await stat(`${volume.targetPath}/..data`, { bigint: true })).ino, dataBefore, "..data still names the same snapshot");
     await fx.kubelet.unpublish(volume);
     fx.agent.removeEntry(entry.id);
+  });
+
+  test("kubelet retrying a FAILED_PRECONDITION publish again and again leaves no agent stream open", async () => {
+    await fx.agent.addEntry(entry);
+    fx.agent.deny(true);
+    try {
+      const calls = fx.agent.subscribeCalls;
+      const outcome = await fx.kubelet.tryPublish(pod, "retried", {}, { retryFinalErrors: true, maxAttempts: 6, maxDelayMs: 100 });
+      assert.deepEqual({ code: outcome.error?.code, attempts: outcome.attempts }, { code: Code.FailedPrecondition, attempts: 6 });
+      assert.ok(fx.agent.subscribeCalls - calls >= 6, "every attempt reached the agent");
+      await fx.agent.waitForStreams(0);
+      assert.equal(fx.agent.openX509Streams, 0);
+      assert.deepEqual((await readdir(fx.metadataDir)).filter((name) => name.endsWith(".json")), [], "no record for a volume never published");
+    } finally {
+      fx.agent.deny(false);
+      fx.agent.removeEntry(entry.id);
+    }
   });
 });

@@ -130,4 +130,12 @@ describe("every malformed publish gets INVALID_ARGUMENT naming the field, and wr
       fx.agent.removeEntry("web");
     }
   });
+
+  test("a pod spec without csi.readOnly (kubelet sends readonly=false) is refused naming the fix, and kubelet can clean up", async () => {
+    const outcome = await fx.kubelet.tryPublish({ uid: podUid, name: "web-0", namespace: "demo", serviceAccount: "web", readOnly: false }, "writable", {}, { maxAttempts: 1 });
+    assert.equal(outcome.error?.code, Code.InvalidArgument);
+    assert.match(outcome.error?.rawMessage ?? "", /^readonly: must be true: set readOnly: true on the pod's csi volume/);
+    assert.equal(outcome.cleanupError, undefined);
+    assert.deepEqual(await readdir(join(fx.kubeletRoot, "pods", podUid, "volumes", "kubernetes.io~csi")).then((names) => names.filter((name) => name === "writable")), []);
+  });
 });

@@ -1,11 +1,15 @@
 import assert from "node:assert/strict";
 import { access, readFile, stat, writeFile } from "node:fs/promises";
+import { execFile } from "node:child_process";
 import { join } from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
+import { promisify } from "node:util";
 import { after, before, describe, test } from "node:test";
 import { isMountPoint } from "../../src/files/mount-table.js";
 import { readVolumeIdentity } from "../support/identity-files.js";
 import { startDriverFixture, type DriverFixture } from "./driver-fixture.js";
 
+const run = promisify(execFile);
 const pods = [0, 1, 2].map((i) => ({
   uid: `5e6f7a8b-0000-4000-8000-00000000010${i}`,
   name: `app-${i}`,
@@ -107,5 +111,44 @@ describe("restart safety (tmpfs backing, as in production)", () => {
     await access(fx.driver.options.pluginSocket);
     await fx.driver.start();
     assert.equal((await fx.kubelet.identity.getPluginInfo({})).name, "csi.spire.io");
+  });
+
+  test("node reboot: the tmpfs is gone, vol_data.json and the record stay, kubelet publishes again and the volume is whole", async () => {
+    const volume = await fx.kubelet.publish(pods[2]!, "reboot");
+    const record = join(fx.metadataDir, `${volume.volumeId}.json`);
+    await fx.driver.stop("SIGKILL");
+    // What a reboot leaves: an empty, unmounted target, kubelet's vol_data.json, the driver's record.
+    await run("umount", [volume.targetPath]);
+    assert.equal(await isMountPoint(volume.targetPath), false);
+    await access(join(volume.targetPath, "..", "vol_data.json"));
+    await access(record);
+    const calls = fx.agent.subscribeCalls;
+    await fx.driver.start();
+    const again = await fx.kubelet.publish(pods[2]!, "reboot", {}, { maxAttempts: 10, maxDelayMs: 500 });
+    assert.equal(again.volumeId, volume.volumeId);
+    assert.equal(await isMountPoint(volume.targetPath), true, "a fresh tmpfs at the target");
+    assert.equal((await readVolumeIdentity(volume.targetPath)).spiffeId, "spiffe://example.org/ns/shop/sa/app");
+    await access(record);
+    await fx.agent.waitForStreams(1);
+    assert.ok(fx.agent.subscribeCalls - calls <= 2, "one stream for the volume (at most one more from adoption, closed again)");
+    const mark = fx.driver.logs.length;
+    await fx.agent.rotate();
+    await fx.driver.waitForLog((line) => line.volumeId === volume.volumeId && line.msg === "identity files rotated", 10_000, mark);
+    await fx.kubelet.unpublish(volume);
+    await assert.rejects(access(record));
+  });
+
+  test("teardown while the driver is down: kubelet's retries unpublish it once the driver is back", async () => {
+    const volume = await fx.kubelet.publish(pods[0]!, "teardown");
+    await fx.driver.stop("SIGKILL");
+    const teardown = fx.kubelet.unpublish(volume, { maxAttempts: 20, maxDelayMs: 1000 });
+    // The first attempts find no socket (Unavailable): kubelet keeps the volume and retries.
+    await sleep(800);
+    await fx.driver.start();
+    const { attempts } = await teardown;
+    assert.ok(attempts >= 2, `retried (${attempts} attempts)`);
+    assert.equal(await isMountPoint(volume.targetPath), false);
+    await assert.rejects(access(join(volume.targetPath, "..")), { code: "ENOENT" });
+    await assert.rejects(access(join(fx.metadataDir, `${volume.volumeId}.json`)), { code: "ENOENT" });
   });
 });

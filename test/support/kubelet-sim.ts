@@ -20,6 +20,12 @@ export interface PodSpec {
   namespace: string;
   serviceAccount: string;
   fsGroup?: number;
+  /**
+   * The csi volume's `readOnly` as the pod spec writes it. kubelet's default is false; the tests'
+   * pods follow the documented spec (`readOnly: true`), so omitted means true here. Pass false
+   * for a spec that leaves it out.
+   */
+  readOnly?: boolean;
 }
 
 export interface PublishedVolume {
@@ -44,7 +50,7 @@ export interface PublishOptions {
   maxAttempts?: number;
   /** Stop retrying once this much time has passed since the first attempt (no limit by default). */
   retryBudgetMs?: number;
-  /** Cap of the retry delay; kubelet's is about 2 minutes. */
+  /** Cap of the retry delay; kubelet's is 2 m 2 s. */
   maxDelayMs?: number;
   /** Per-call deadline; kubelet's is 2 minutes. */
   callTimeoutMs?: number;
@@ -66,6 +72,24 @@ const firstRetryDelayMs = 500;
  * target dir, retries, and calls NodeUnpublishVolume later. Any other code is final.
  */
 export const uncertainCodes: ReadonlySet<Code> = new Set([Code.Canceled, Code.DeadlineExceeded, Code.Unavailable, Code.ResourceExhausted, Code.Aborted]);
+
+const socketErrors = new Set(["ENOENT", "ECONNREFUSED", "ECONNRESET", "EPIPE", "ECONNABORTED"]);
+
+/**
+ * The error as kubelet's gRPC client sees it: grpc-go reports a plugin socket that is missing,
+ * refusing or reset as Unavailable, where connect-node reports Internal with the errno as cause.
+ * (kubelet also treats any error without a gRPC status as uncertain; every error here has one.)
+ */
+export function asKubeletSees(error: ConnectError): ConnectError {
+  const errno = (error.cause as NodeJS.ErrnoException | undefined)?.code;
+  if (error.code === Code.Internal && errno !== undefined && socketErrors.has(errno)) {
+    return new ConnectError(error.rawMessage, Code.Unavailable, undefined, undefined, error.cause);
+  }
+  return error;
+}
+
+/** kubelet's exponential backoff for volume operations (nestedpendingoperations): 500 ms, doubling, at most 2 m 2 s. */
+const maxRetryDelayMs = 122_000;
 
 /** kubelet's volume handle for an inline CSI volume (pkg/volume/csi makeVolumeHandle). */
 export function ephemeralVolumeId(podUid: string, volumeName: string): string {
@@ -103,6 +127,8 @@ export class KubeletSimulator {
   readonly node: Client<typeof Node>;
   /** Whether the driver advertised VOLUME_MOUNT_GROUP (then fsGroup goes in volume_mount_group). */
   mountGroupSupported = false;
+  /** Whether the driver advertised SINGLE_NODE_MULTI_WRITER (then ReadWriteOnce maps to it, not SINGLE_NODE_WRITER). */
+  multiWriterSupported = false;
   private readonly published = new Map<string, PublishedVolume>();
   /** The HTTP/2 connections to the plugin, so `close()` can end them (they would keep the process alive). */
   private readonly sockets = new Set<Socket>();
@@ -142,10 +168,10 @@ export class KubeletSimulator {
     return {
       volumeId: ephemeralVolumeId(pod.uid, volumeName),
       targetPath: this.targetPath(pod.uid, volumeName),
-      readonly: true,
+      readonly: pod.readOnly ?? true,
       volumeCapability: {
         accessType: mountAccess(mountGroup),
-        accessMode: { mode: AccessMode.SINGLE_NODE_WRITER },
+        accessMode: { mode: this.multiWriterSupported ? AccessMode.SINGLE_NODE_MULTI_WRITER : AccessMode.SINGLE_NODE_WRITER },
       },
       volumeContext: { ...attributes, ...podInfoOnMountAttributes(pod) },
     };
@@ -172,47 +198,74 @@ export class KubeletSimulator {
     const started = Date.now();
     let delayMs = firstRetryDelayMs;
     for (let attempt = 1; ; attempt++) {
+      // kubelet's SetUpAt order: volume dir, capability check, vol_data.json, publish.
+      await mkdir(dirname(targetPath), { recursive: true, mode: 0o750 });
       let rpcStarted = performance.now();
+      let outcome: { error: ConnectError; transient: boolean } | undefined;
       try {
-        // kubelet's SetUpAt order: volume dir, VOLUME_MOUNT_GROUP check, vol_data.json, publish.
-        await mkdir(dirname(targetPath), { recursive: true, mode: 0o750 });
         await this.refreshCapabilities();
+      } catch (error) {
+        // A failed capability check is a transient failure: retried, nothing cleaned up, and not
+        // uncertain either (nothing was published).
+        outcome = { error: asKubeletSees(ConnectError.from(error)), transient: true };
+      }
+      if (!outcome) {
         request.volumeCapability!.accessType = mountAccess(this.mountGroupSupported && pod.fsGroup !== undefined ? String(pod.fsGroup) : "");
+        request.volumeCapability!.accessMode = { mode: this.multiWriterSupported ? AccessMode.SINGLE_NODE_MULTI_WRITER : AccessMode.SINGLE_NODE_WRITER };
         await this.writeVolumeData(volumeId, volumeName, targetPath);
         rpcStarted = performance.now();
-        await this.node.nodePublishVolume(request, { timeoutMs: options.callTimeoutMs ?? kubeletCallTimeoutMs });
-        const rpc = { startedAt: rpcStarted, ms: performance.now() - rpcStarted };
-        this.published.set(volumeId, volume);
-        return { ...volume, attempts: attempt, rpc };
-      } catch (error) {
-        // Filesystem errors are the harness's own problem, not an RPC outcome.
-        if (!(error instanceof ConnectError)) throw error;
-        const connectError = error;
-        const uncertain = uncertainCodes.has(connectError.code);
-        // A final error: kubelet removes the mount dir, vol_data.json and the volume dir, and
-        // will not call NodeUnpublishVolume for this attempt. Uncertain: everything stays.
-        let cleanupError: unknown;
-        if (!uncertain) await removeMountDir(targetPath).catch((error: unknown) => (cleanupError = error));
-        const budgetLeft = options.retryBudgetMs === undefined || Date.now() - started + delayMs <= options.retryBudgetMs;
-        const retryable = uncertain || options.retryFinalErrors === true;
-        if (!retryable || attempt >= maxAttempts || !budgetLeft) {
-          // An uncertain outcome may have mounted: remember it so unpublishAll() tears it down, as kubelet would.
-          if (uncertain) this.published.set(volumeId, volume);
+        try {
+          await this.node.nodePublishVolume(request, { timeoutMs: options.callTimeoutMs ?? kubeletCallTimeoutMs });
           const rpc = { startedAt: rpcStarted, ms: performance.now() - rpcStarted };
-          return { ...volume, attempts: attempt, rpc, error: connectError, ...(cleanupError === undefined ? {} : { cleanupError }) };
+          this.published.set(volumeId, volume);
+          return { ...volume, attempts: attempt, rpc };
+        } catch (error) {
+          outcome = { error: asKubeletSees(ConnectError.from(error)), transient: false };
         }
-        await sleep(delayMs);
-        delayMs = Math.min(delayMs * 2, options.maxDelayMs ?? kubeletCallTimeoutMs);
       }
+      const { error, transient } = outcome;
+      const uncertain = !transient && uncertainCodes.has(error.code);
+      // A final error: kubelet removes the mount dir, vol_data.json and the volume dir, and
+      // will not call NodeUnpublishVolume for this attempt. Uncertain: everything stays.
+      let cleanupError: unknown;
+      if (!transient && !uncertain) await removeMountDir(targetPath).catch((cleanup: unknown) => (cleanupError = cleanup));
+      const budgetLeft = options.retryBudgetMs === undefined || Date.now() - started + delayMs <= options.retryBudgetMs;
+      const retryable = uncertain || transient || options.retryFinalErrors === true;
+      if (!retryable || attempt >= maxAttempts || !budgetLeft) {
+        // An uncertain outcome may have mounted: remember it so unpublishAll() tears it down, as kubelet would.
+        if (uncertain) this.published.set(volumeId, volume);
+        const rpc = { startedAt: rpcStarted, ms: performance.now() - rpcStarted };
+        return { ...volume, attempts: attempt, rpc, error, ...(cleanupError === undefined ? {} : { cleanupError }) };
+      }
+      await sleep(delayMs);
+      delayMs = Math.min(delayMs * 2, options.maxDelayMs ?? maxRetryDelayMs);
     }
   }
 
-  /** kubelet's teardown: NodeUnpublishVolume, then a plain rmdir of the target (fails if the driver left files). */
-  async unpublish(volume: Pick<PublishedVolume, "volumeId" | "targetPath">): Promise<void> {
-    await this.node.nodeUnpublishVolume({ volumeId: volume.volumeId, targetPath: volume.targetPath }, { timeoutMs: kubeletCallTimeoutMs });
-    await removeMountDir(volume.targetPath);
-    // Only now is teardown done; until then kubelet would retry it.
-    this.published.delete(volume.volumeId);
+  /**
+   * kubelet's teardown: NodeUnpublishVolume, then a plain rmdir of the target (fails if the driver
+   * left files). kubelet retries a failed teardown with its backoff for as long as it takes;
+   * `maxAttempts` (default 1: the first error is thrown) bounds that here.
+   */
+  async unpublish(volume: Pick<PublishedVolume, "volumeId" | "targetPath">, options: { maxAttempts?: number; maxDelayMs?: number } = {}): Promise<{ attempts: number }> {
+    let delayMs = firstRetryDelayMs;
+    for (let attempt = 1; ; attempt++) {
+      try {
+        try {
+          await this.node.nodeUnpublishVolume({ volumeId: volume.volumeId, targetPath: volume.targetPath }, { timeoutMs: kubeletCallTimeoutMs });
+        } catch (error) {
+          throw asKubeletSees(ConnectError.from(error));
+        }
+        await removeMountDir(volume.targetPath);
+        // Only now is teardown done; until then kubelet would retry it.
+        this.published.delete(volume.volumeId);
+        return { attempts: attempt };
+      } catch (error) {
+        if (attempt >= (options.maxAttempts ?? 1)) throw error;
+        await sleep(delayMs);
+        delayMs = Math.min(delayMs * 2, options.maxDelayMs ?? maxRetryDelayMs);
+      }
+    }
   }
 
   /** Unpublishes every volume still published (cleanup); throws the first error after trying all. */
@@ -229,9 +282,9 @@ export class KubeletSimulator {
 
   private async refreshCapabilities(): Promise<void> {
     const capabilities = await this.node.nodeGetCapabilities({});
-    this.mountGroupSupported = capabilities.capabilities.some(
-      (capability) => capability.type.case === "rpc" && capability.type.value.type === RpcType.VOLUME_MOUNT_GROUP,
-    );
+    const advertised = (type: RpcType) => capabilities.capabilities.some((capability) => capability.type.case === "rpc" && capability.type.value.type === type);
+    this.mountGroupSupported = advertised(RpcType.VOLUME_MOUNT_GROUP);
+    this.multiWriterSupported = advertised(RpcType.SINGLE_NODE_MULTI_WRITER);
   }
 
   /** kubelet's csi mounter persists this next to `mount` so it can tear the volume down after a restart. */
