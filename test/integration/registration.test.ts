@@ -81,6 +81,19 @@ describe("self-registration with kubelet (pluginregistration v1)", () => {
     assert.ok(fx.driver.running);
   });
 
+  test("a removed plugins_registry dir is made again with the socket in it, and a later deletion there is repaired too", async () => {
+    const mark = fx.driver.logs.length;
+    await rm(join(fx.kubeletRoot, "plugins_registry"), { recursive: true });
+    await fx.driver.waitForLog((line) => line.msg === "plugin registration socket was removed; recreating it so kubelet finds the driver", 30_000, mark);
+    const info = await waitFor("GetInfo on the socket in the recreated dir", () => registerLikeKubelet(registrationSocket), 30_000);
+    assert.equal(info.name, "csi.spire.io");
+    const before = await inode(registrationSocket);
+    const again = fx.driver.logs.length;
+    await rm(registrationSocket);
+    await fx.driver.waitForLog((line) => line.msg === "plugin registration socket was removed; recreating it so kubelet finds the driver", 30_000, again);
+    await waitFor("a new socket that answers", async () => ((await inode(registrationSocket)) === before ? undefined : registerLikeKubelet(registrationSocket)));
+  });
+
   test("driver restart after SIGKILL: the stale socket is replaced by a new one that answers, with the host path as endpoint", async () => {
     const before = await inode(registrationSocket);
     fx.driver.options.extraArgs = ["--plugin-socket-host-path", "/var/lib/kubelet/plugins/csi.spire.io/csi.sock"];
