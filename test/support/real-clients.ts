@@ -4,8 +4,10 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
+import { buildGoChecker } from "./go-checker.js";
 
 const run = promisify(execFile);
+const goSpiffeDir = fileURLToPath(new URL("../clients/go-spiffe", import.meta.url));
 const javaSource = fileURLToPath(new URL("../clients/java/MutualTls.java", import.meta.url));
 
 export interface JavaHandshake {
@@ -73,5 +75,44 @@ export async function opensslVerify(chainPem: string, bundleFile: string): Promi
     return stdout;
   } finally {
     await rm(dir, { recursive: true, force: true });
+  }
+}
+
+/** One side of a go-spiffe handshake: its SVID files, the peer ID it authorizes, its bundle files by trust domain. */
+export interface GoSpiffePeer {
+  cert: string;
+  key: string;
+  authorize: string;
+  bundles: Record<string, string>;
+}
+
+/**
+ * test/clients/go-spiffe: go-spiffe v2 (through the Go module proxy) reading the volume's files,
+ * as a Go workload handed files instead of the Workload API would. A rejection throws with
+ * go-spiffe's reason.
+ */
+export const goSpiffe = {
+  svid: (cert: string, key: string) => goSpiffeRun<{ id: string; serial: string; chainLength: number }>(["svid", cert, key]),
+  bundle: (trustDomain: string, file: string) => goSpiffeRun<{ trustDomain: string; authorities: number }>(["bundle", trustDomain, file]),
+  verify: (cert: string, bundles: Record<string, string>) => goSpiffeRun<{ id: string }>(["verify", cert, ...bundleArgs(bundles)]),
+  mtls: (server: GoSpiffePeer, client: GoSpiffePeer) =>
+    goSpiffeRun<{ serverSawClient: string; clientSawServer: string; tlsVersion: string }>(["mtls", peerSpec(server), peerSpec(client)]),
+};
+
+function bundleArgs(bundles: Record<string, string>): string[] {
+  return Object.entries(bundles).map(([trustDomain, file]) => `${trustDomain}=${file}`);
+}
+
+function peerSpec(peer: GoSpiffePeer): string {
+  return [peer.cert, peer.key, peer.authorize, ...bundleArgs(peer.bundles)].join(",");
+}
+
+async function goSpiffeRun<T>(args: string[]): Promise<T> {
+  const binary = await buildGoChecker(goSpiffeDir, "go-spiffe-checker");
+  try {
+    const { stdout } = await run(binary, args, { timeout: 60_000 });
+    return JSON.parse(stdout) as T;
+  } catch (error) {
+    throw new Error(`go-spiffe rejects: ${(error as { stderr?: string }).stderr ?? (error as Error).message}`);
   }
 }
