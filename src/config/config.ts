@@ -36,7 +36,10 @@ export const options = {
     env: "SPIRE_CSI_REGISTRATION_SOCKET",
     default: undefined,
     help: "unix socket serving kubelet's plugin registration (kubelet's plugin watcher finds it); defaults to <kubelet-root>/plugins_registry/csi.spire.io-reg.sock; empty disables self-registration (e.g. with node-driver-registrar)",
-    schema: z.union([z.literal(""), absolutePath]),
+    schema: z
+      .string()
+      .refine((path) => path === "" || isAbsolute(path), "must be an absolute path, or empty to disable self-registration")
+      .transform((path) => (path === "" ? "" : resolve(path))),
   },
   "node-id": {
     env: "SPIRE_CSI_NODE_ID",

@@ -53,3 +53,20 @@ test("path options are normalised: a trailing slash or doubled slash in --kubele
   assert.equal(config.pluginSocket, "/csi/csi.sock");
   assert.equal(loadConfig([], { SPIRE_CSI_KUBELET_ROOT: "/data/kubelet/" }).kubeletRoot, "/data/kubelet");
 });
+
+test("self-registration and health: defaults follow --kubelet-root and --plugin-socket; empty disables", () => {
+  const defaults = loadConfig(["--kubelet-root", "/var/lib/k0s/kubelet/", "--plugin-socket", "/csi/csi.sock"], {});
+  assert.equal(defaults.registrationSocket, "/var/lib/k0s/kubelet/plugins_registry/csi.spire.io-reg.sock");
+  assert.equal(defaults.pluginSocketHostPath, "/csi/csi.sock", "on the host the socket is where the driver binds it");
+  assert.equal(defaults.healthAddress, "0.0.0.0:9808");
+  assert.equal(defaults.metricsAddress, "0.0.0.0:9809");
+  const inPod = loadConfig(["--registration-socket", "/registration/csi.spire.io-reg.sock", "--plugin-socket-host-path", "/var/lib/kubelet/plugins/csi.spire.io/csi.sock"], {});
+  assert.equal(inPod.registrationSocket, "/registration/csi.spire.io-reg.sock");
+  assert.equal(inPod.pluginSocketHostPath, "/var/lib/kubelet/plugins/csi.spire.io/csi.sock");
+  const disabled = loadConfig(["--registration-socket", "", "--health-address", ""], {});
+  assert.equal(disabled.registrationSocket, "");
+  assert.equal(disabled.healthAddress, "");
+  assert.equal(loadConfig([], { SPIRE_CSI_REGISTRATION_SOCKET: "" }).registrationSocket, "");
+  assert.throws(() => loadConfig(["--registration-socket", "reg.sock"], {}), /--registration-socket .*absolute path/);
+  assert.throws(() => loadConfig(["--health-address", "9808"], {}), /--health-address .*host:port/);
+});
