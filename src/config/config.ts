@@ -3,6 +3,7 @@ import { isAbsolute, join, resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { z } from "zod";
 import { durationSchema } from "./duration.js";
+import { isTrustDomainName } from "./trust-domain.js";
 import { seLinuxContextSchema } from "./selinux-context.js";
 
 /**
@@ -57,7 +58,7 @@ export const options = {
     env: "SPIRE_CSI_TRUST_DOMAIN",
     default: undefined,
     help: "the SPIRE agent's trust domain (e.g. example.org): the own bundle of csi.spire.io/bundle-only volumes; unset, those are refused",
-    schema: z.string().max(255).regex(/^[a-z0-9._-]+$/, "must be a trust domain name like example.org (lowercase, no spiffe://)").optional(),
+    schema: z.string().refine(isTrustDomainName, "must be a trust domain name like example.org (lowercase, no spiffe://)").optional(),
   },
   "kubelet-root": {
     env: "SPIRE_CSI_KUBELET_ROOT",

@@ -1,5 +1,21 @@
 import { randomBytes } from "node:crypto";
-import { chownSync, lstatSync, mkdirSync, readdirSync, readlinkSync, renameSync, rmSync, symlinkSync, unlinkSync, writeFileSync } from "node:fs";
+import {
+  chmodSync,
+  chownSync,
+  closeSync,
+  fchmodSync,
+  fchownSync,
+  lstatSync,
+  mkdirSync,
+  openSync,
+  readdirSync,
+  readlinkSync,
+  renameSync,
+  rmSync,
+  symlinkSync,
+  unlinkSync,
+  writeFileSync,
+} from "node:fs";
 import { readdir, rm } from "node:fs/promises";
 import { join } from "node:path";
 import type { SnapshotFile } from "./snapshot-file.js";
@@ -8,6 +24,7 @@ import type { SnapshotFile } from "./snapshot-file.js";
 const dataLink = "..data";
 const dataLinkStaging = "..data_tmp";
 const snapshotPrefix = "..snap-";
+const plainFileName = /^[A-Za-z0-9._-]{1,255}$/;
 
 export interface FileOwnership {
   /** The pod's fsGroup: files become group-owned and the key group-readable, never world-readable. */
@@ -33,15 +50,29 @@ export function fileModes(ownership: FileOwnership): { dir: number; file: number
  */
 export async function writeSnapshot(targetDir: string, files: readonly SnapshotFile[], ownership: FileOwnership): Promise<void> {
   const modes = fileModes(ownership);
+  for (const file of files) {
+    // The last line of defence for names that reach here from the agent (trust domains): a name
+    // must stay one plain entry of the snapshot dir and never take a snapshot-reserved `..` name.
+    if (!plainFileName.test(file.name) || file.name.startsWith("..")) throw new Error(`refusing to write a file named ${JSON.stringify(file.name.slice(0, 300))}`);
+  }
   const snapshotName = `${snapshotPrefix}${Date.now().toString(36).padStart(10, "0")}-${randomBytes(4).toString("hex")}`;
   const snapshotDir = join(targetDir, snapshotName);
   mkdirSync(snapshotDir, { mode: modes.dir });
   try {
+    // Modes are set explicitly after chown: the ones given to mkdir/open are cut by the process
+    // umask, and under umask 077 an fsGroup pod's key would be unreadable to its group.
     if (ownership.gid !== undefined) chownSync(snapshotDir, 0, ownership.gid);
+    chmodSync(snapshotDir, modes.dir);
     for (const file of files) {
-      const path = join(snapshotDir, file.name);
-      writeFileSync(path, file.content, { mode: file.secret ? modes.secret : modes.file, flag: "wx" });
-      if (ownership.gid !== undefined) chownSync(path, 0, ownership.gid);
+      const mode = file.secret ? modes.secret : modes.file;
+      const fd = openSync(join(snapshotDir, file.name), "wx", mode);
+      try {
+        if (ownership.gid !== undefined) fchownSync(fd, 0, ownership.gid);
+        fchmodSync(fd, mode);
+        writeFileSync(fd, file.content);
+      } finally {
+        closeSync(fd);
+      }
     }
   } catch (error) {
     // Free the space (a full tmpfs) and leave the published snapshot untouched.

@@ -3,6 +3,7 @@ import type { Logger } from "pino";
 import type { AgentClient } from "./agent-client.js";
 import type { AgentAvailability } from "./agent-availability.js";
 import type { BackoffOptions } from "./backoff.js";
+import { trustDomainOfKey } from "../config/trust-domain.js";
 import { splitDerCertificates } from "./der.js";
 import { ReconnectingStream, type StreamStatus } from "./reconnecting-stream.js";
 
@@ -82,7 +83,12 @@ export class BundleFeed<T> extends EventEmitter<BundleFeedEvents<T>> {
   private accept(message: { [key: string]: Uint8Array }, logger: Logger): void {
     const next = new Map<string, T>();
     for (const [key, bytes] of Object.entries(message)) {
-      const trustDomain = key.replace(/^spiffe:\/\//, "");
+      const trustDomain = trustDomainOfKey(key);
+      if (trustDomain === undefined) {
+        // Its name would become a file name in every volume (`<td>.trust-bundle.pem`).
+        logger.error({ trustDomain: key.slice(0, 300) }, "ignoring a bundle whose key is not a valid SPIFFE trust domain name");
+        continue;
+      }
       try {
         next.set(trustDomain, this.decode(bytes));
       } catch (error) {

@@ -1,4 +1,5 @@
 import { X509Certificate } from "node:crypto";
+import { isTrustDomainName, trustDomainOfKey } from "../config/trust-domain.js";
 import { keyMatchesCertificate } from "./key-match.js";
 import type { SubscribeToX509SVIDsResponse } from "../gen/spire/api/agent/delegatedidentity/v1/delegatedidentity_pb.js";
 
@@ -17,8 +18,10 @@ export interface X509Identity {
 
 export interface X509SvidSet {
   identities: X509Identity[];
-  /** Federated trust domains as "spiffe://<td>". */
+  /** Federated trust domain names (without spiffe://), the valid ones only. */
   federatesWith: string[];
+  /** How many federates_with entries were not valid trust domain names (dropped). */
+  invalidFederations: number;
   /** SVIDs the agent sent that failed a check; they are never written. */
   rejected: { spiffeId: string; reason: string }[];
 }
@@ -36,6 +39,7 @@ export function parseX509SvidSet(response: SubscribeToX509SVIDsResponse, nowMs =
     const spiffeId = svid?.id ? `spiffe://${svid.id.trustDomain}${svid.id.path}` : "(no id)";
     try {
       if (!svid?.id) throw new Error("SVID has no SPIFFE ID");
+      if (!isTrustDomainName(svid.id.trustDomain)) throw new Error("its trust domain is not a valid SPIFFE trust domain name");
       if (svid.certChain.length === 0) throw new Error("empty certificate chain");
       const leaf = new X509Certificate(svid.certChain[0]!);
       for (const der of svid.certChain.slice(1)) new X509Certificate(der);
@@ -61,5 +65,7 @@ export function parseX509SvidSet(response: SubscribeToX509SVIDsResponse, nowMs =
       rejected.push({ spiffeId, reason: (error as Error).message });
     }
   }
-  return { identities, federatesWith: response.federatesWith, rejected };
+  const federatesWith = response.federatesWith.map(trustDomainOfKey).filter((name): name is string => name !== undefined);
+  const invalidFederations = response.federatesWith.length - federatesWith.length;
+  return { identities, federatesWith, rejected, invalidFederations };
 }

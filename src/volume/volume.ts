@@ -232,7 +232,10 @@ export class Volume {
     }
     this.identity = chosen;
     this.allIdentities = set.identities;
-    this.federatesWith = set.federatesWith.map((trustDomain) => trustDomain.replace(/^spiffe:\/\//, ""));
+    if (set.invalidFederations > 0) {
+      this.logger.error({ dropped: set.invalidFederations }, "ignoring federates_with entries that are not valid SPIFFE trust domain names");
+    }
+    this.federatesWith = set.federatesWith;
     this.scheduleWrite();
   }
 

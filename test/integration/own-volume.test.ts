@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
-import { access, mkdir, readdir, symlink, writeFile } from "node:fs/promises";
+import { access, mkdir, readdir, stat, symlink, writeFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { Code, ConnectError } from "@connectrpc/connect";
@@ -167,6 +167,42 @@ describe("the driver only ever touches its own volume", () => {
       await fx.kubelet.unpublish(volume);
     } finally {
       fx.driver.options.kubeletRoot = configured;
+      await fx.driver.restart();
+    }
+  });
+
+  test("item 6: trust domain names from the agent that are not valid SPIFFE names never become files", async (t) => {
+    const hostile = ["spiffe://../../../evil", "spiffe://a/../../escape", "spiffe://UPPER.example", "spiffe://..x"];
+    const bundles = Object.fromEntries([["spiffe://example.org", fx.agent.ca.bundleDer()], ...hostile.map((key) => [key, fx.agent.ca.bundleDer()])]);
+    fx.agent.setBundles(bundles);
+    t.after(() => fx.agent.setBundles(undefined));
+    await fx.agent.addEntry({ id: "td6", spiffeId: "spiffe://example.org/td6", selectors: [{ type: "k8s", value: "sa:td6" }], federatesWith: hostile });
+    t.after(() => fx.agent.removeEntry("td6"));
+
+    const volume = await fx.kubelet.publish({ ...newPod(), serviceAccount: "td6" }, "svid", { "csi.spire.io/layout": "spiffe-fs" });
+    assert.deepEqual((await readdir(volume.targetPath)).filter((name) => !name.startsWith("..")).sort(), ["credential-bundle.pem", "example.org.trust-bundle.pem"]);
+    const everything = (await readdir(fx.dir, { recursive: true })).map(String);
+    assert.deepEqual(everything.filter((path) => /evil|escape|UPPER|\.\.x\./.test(path)), [], "no file named after a hostile trust domain, inside or outside the volume");
+    assert.ok(fx.driver.logs.some((line) => line.msg === "ignoring a bundle whose key is not a valid SPIFFE trust domain name" && line.trustDomain === "spiffe://../../../evil"));
+    assert.ok(fx.driver.logs.some((line) => line.msg.startsWith("ignoring federates_with entries") && line.dropped === hostile.length));
+    await fx.kubelet.unpublish(volume);
+  });
+
+  test("item 13: under umask 077 an fsGroup volume's files still get their modes (key 0640, dirs 0750)", async () => {
+    fx.driver.options.umask = "077";
+    try {
+      await fx.driver.restart();
+      const volume = await fx.kubelet.publish({ ...newPod(), fsGroup: 2000 }, "svid");
+      for (const name of ["tls.key", "tls.crt", "ca.crt"]) {
+        const info = await stat(join(volume.targetPath, name));
+        assert.equal((info.mode & 0o777).toString(8), "640", `${name} mode`);
+        assert.equal(info.gid, 2000, `${name} group`);
+      }
+      assert.equal(((await stat(join(volume.targetPath, "..data"))).mode & 0o777).toString(8), "750");
+      assert.equal(((await stat(volume.targetPath)).mode & 0o777).toString(8), "750");
+      await fx.kubelet.unpublish(volume);
+    } finally {
+      delete fx.driver.options.umask;
       await fx.driver.restart();
     }
   });

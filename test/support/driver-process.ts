@@ -39,6 +39,8 @@ export interface DriverProcessOptions {
   /** A dir put first on the driver's PATH, e.g. with a mount(8) that hangs. */
   pathPrefix?: string;
   extraArgs?: string[];
+  /** The driver's umask, e.g. "077" as on hardened nodes (set by a shell that then execs node). */
+  umask?: string;
 }
 
 interface LogLine {
@@ -102,7 +104,9 @@ export class DriverProcess {
       ...(options.tmpDir === undefined ? {} : { TMPDIR: options.tmpDir }),
       ...(options.pathPrefix === undefined ? {} : { PATH: `${options.pathPrefix}:${process.env.PATH ?? "/usr/sbin:/usr/bin:/sbin:/bin"}` }),
     };
-    const child = spawn(process.execPath, args, { cwd: repoRoot, env, stdio: ["ignore", "pipe", "pipe"] });
+    const [command, commandArgs] =
+      options.umask === undefined ? [process.execPath, args] : ["/bin/sh", ["-c", `umask ${options.umask} && exec "$0" "$@"`, process.execPath, ...args]];
+    const child = spawn(command, commandArgs, { cwd: repoRoot, env, stdio: ["ignore", "pipe", "pipe"] });
     this.child = child;
     trackChild(child);
     let buffered = "";

@@ -81,3 +81,24 @@ test("clearSnapshots empties the target but keeps the dir (kubelet removes it wi
   assert.deepEqual(await readdir(dir), []);
   await clearSnapshots(join(dir, "missing"));
 });
+
+test("under umask 077 the modes are still exact: an fsGroup key stays 0640 in a 0750 dir", async (t) => {
+  const dir = await tempTarget(t);
+  const previous = process.umask(0o077);
+  try {
+    await writeSnapshot(dir, files("1"), { gid: 4321 });
+  } finally {
+    process.umask(previous);
+  }
+  assert.equal((await stat(join(dir, "tls.key"))).mode & 0o777, 0o640);
+  assert.equal((await stat(join(dir, "tls.crt"))).mode & 0o777, 0o640);
+  assert.equal((await stat(join(dir, "..data"))).mode & 0o777, 0o750);
+});
+
+test("a file name that is not one plain entry (from a hostile trust domain name) is refused before anything is written", async (t) => {
+  const dir = await tempTarget(t);
+  for (const name of ["../evil.trust-bundle.pem", "a/b.pem", "..data", "..x.trust-bundle.pem", ""]) {
+    await assert.rejects(writeSnapshot(dir, [...files("1"), { name, content: "x", secret: false }], {}), /refusing to write a file named/);
+  }
+  assert.deepEqual(await readdir(dir), []);
+});
