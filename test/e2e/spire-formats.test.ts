@@ -1,11 +1,14 @@
 /**
  * Delivery formats against real SPIRE v1.15.3: SPIFFE Filesystem Delivery with a federated trust
- * domain served by a second SPIRE server, JWT-SVID refresh, and the Envoy SDS file after a
- * rotation, decoded with Envoy's own API types.
+ * domain served by a second SPIRE server, JWT-SVID refresh, the Envoy SDS file after a rotation,
+ * decoded with Envoy's own API types, and the files read by their real clients (Java, OpenSSL 3,
+ * go-spiffe v2, the latter also across the federated domain).
  */
 import assert from "node:assert/strict";
 import { createPublicKey, createVerify } from "node:crypto";
 import { readFile } from "node:fs/promises";
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -13,10 +16,13 @@ import { startDriverNode, type DriverNode } from "../support/driver-node.js";
 import { checkEnvoySds } from "../support/envoy-sds-checker.js";
 import { checkIdentity, pemBlocks } from "../support/identity-files.js";
 import type { KubeletSimulator, PublishedVolume } from "../support/kubelet-sim.js";
+import { goSpiffe, JavaClient, opensslPkcs12Info, opensslVerify } from "../support/real-clients.js";
 import { SpireFixture } from "../support/spire-fixture.js";
 
 const pod = { uid: "ee11ff22-0000-4000-8000-000000000001", name: "edge-0", namespace: "mesh", serviceAccount: "edge" };
 const edgeId = "spiffe://example.org/ns/mesh/sa/edge";
+const peerPod = { uid: "ee11ff22-0000-4000-8000-000000000002", name: "peer-0", namespace: "mesh", serviceAccount: "peer" };
+const peerId = "spiffe://example.org/ns/mesh/sa/peer";
 
 describe("real SPIRE: formats, federation, JWT refresh, Envoy SDS", { timeout: 10 * 60_000 }, () => {
   let spire: SpireFixture;
@@ -26,6 +32,10 @@ describe("real SPIRE: formats, federation, JWT refresh, Envoy SDS", { timeout: 1
   let fs: PublishedVolume;
   let jwt: PublishedVolume;
   let envoy: PublishedVolume;
+  let edgeKeystore: PublishedVolume;
+  let peerKeystore: PublishedVolume;
+  let helper: PublishedVolume;
+  let java: JavaClient;
 
   before(async () => {
     [spire, partner] = await Promise.all([SpireFixture.start(), SpireFixture.start({ trustDomain: "partner.test", agent: false })]);
@@ -38,19 +48,24 @@ describe("real SPIRE: formats, federation, JWT refresh, Envoy SDS", { timeout: 1
       jwtSvidTtl: 20,
       federatesWith: ["spiffe://partner.test"],
     });
+    await spire.createEntry({ spiffeId: peerId, selectors: ["k8s:ns:mesh", "k8s:sa:peer"], x509SvidTtl: 30, federatesWith: ["spiffe://partner.test"] });
+    java = await JavaClient.compile();
     node = await startDriverNode(spire.adminSocket, { volumeBacking: "tmpfs", publishTimeout: "8s" });
     kubelet = node.kubelet;
     const retry = { maxAttempts: 20, maxDelayMs: 1000, retryFinalErrors: true };
     fs = await kubelet.publish(pod, "fs", { "csi.spire.io/layout": "spiffe-fs" }, retry);
     jwt = await kubelet.publish(pod, "jwt", { "csi.spire.io/jwt-audiences": "e2e" }, retry);
     envoy = await kubelet.publish(pod, "envoy", { "csi.spire.io/envoy-sds": "true" }, retry);
+    edgeKeystore = await kubelet.publish(pod, "ks", { "csi.spire.io/keystore": "pkcs12" }, retry);
+    peerKeystore = await kubelet.publish(peerPod, "ks", { "csi.spire.io/keystore": "pkcs12" }, retry);
+    helper = await kubelet.publish(pod, "helper", { "csi.spire.io/layout": "spiffe-helper" }, retry);
   });
 
   after(async () => {
     try {
       await node?.close();
     } finally {
-      await Promise.all([spire?.stop(), partner?.stop()]);
+      await Promise.all([spire?.stop(), partner?.stop(), java?.dispose()]);
     }
   });
 
@@ -107,5 +122,49 @@ describe("real SPIRE: formats, federation, JWT refresh, Envoy SDS", { timeout: 1
     assert.notEqual(after.leafSerial, before.leafSerial, "rotated within one TTL");
     assert.ok(after.keyMatchesLeaf);
     assert.deepEqual(after.trustDomains, before.trustDomains);
+  });
+
+  test("real clients accept the files of real SVIDs: Java (keytool, TLS 1.3 mutual handshake), OpenSSL 3 (pkcs12, verify per layout), go-spiffe (Load)", async () => {
+    for (const volume of [edgeKeystore, peerKeystore]) {
+      assert.deepEqual(await JavaClient.keytoolList(join(volume.targetPath, "keystore.p12"), "changeit"), [{ alias: "spiffe", type: "PrivateKeyEntry" }]);
+      assert.deepEqual((await JavaClient.keytoolList(join(volume.targetPath, "truststore.p12"), "changeit")).map((entry) => entry.type), ["trustedCertEntry", "trustedCertEntry"]);
+      assert.match(await opensslPkcs12Info(join(volume.targetPath, "keystore.p12"), "changeit"), /Shrouded Keybag: PBES2, PBKDF2, AES-256-CBC/);
+    }
+    const handshake = await java.mutualTls({ dir: edgeKeystore.targetPath, password: "changeit" }, { dir: peerKeystore.targetPath, password: "changeit" });
+    assert.deepEqual([handshake.protocol, handshake.serverSawClient, handshake.clientSawServer], ["TLSv1.3", peerId, edgeId]);
+
+    const credential = await readFile(join(fs.targetPath, "credential-bundle.pem"), "utf8");
+    const chains: [string, string][] = [
+      [await readFile(join(edgeKeystore.targetPath, "tls.crt"), "utf8"), join(edgeKeystore.targetPath, "ca.crt")],
+      [await readFile(join(helper.targetPath, "svid.pem"), "utf8"), join(helper.targetPath, "svid_bundle.pem")],
+      [credential.slice(credential.indexOf("-----BEGIN CERTIFICATE-----")), join(fs.targetPath, "example.org.trust-bundle.pem")],
+    ];
+    for (const [chain, bundle] of chains) assert.match(await opensslVerify(chain, bundle), /: OK/, bundle);
+
+    assert.equal((await goSpiffe.svid(join(edgeKeystore.targetPath, "tls.crt"), join(edgeKeystore.targetPath, "tls.key"))).id, edgeId);
+    assert.equal((await goSpiffe.svid(join(helper.targetPath, "svid.pem"), join(helper.targetPath, "svid_key.pem"))).id, edgeId);
+    for (const trustDomain of ["example.org", "partner.test"]) {
+      assert.equal((await goSpiffe.bundle(trustDomain, join(fs.targetPath, `${trustDomain}.trust-bundle.pem`))).trustDomain, trustDomain);
+    }
+  });
+
+  test("go-spiffe mTLS across the federated domain: the pod's files against an SVID minted by the partner server", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "partner-svid-"));
+    try {
+      const partnerId = "spiffe://partner.test/api";
+      await partner.serverCli(["x509", "mint", "-spiffeID", partnerId, "-ttl", "5m", "-write", dir]);
+      const result = await goSpiffe.mtls(
+        {
+          cert: join(fs.targetPath, "credential-bundle.pem"),
+          key: join(fs.targetPath, "credential-bundle.pem"),
+          authorize: partnerId,
+          bundles: { "example.org": join(fs.targetPath, "example.org.trust-bundle.pem"), "partner.test": join(fs.targetPath, "partner.test.trust-bundle.pem") },
+        },
+        { cert: join(dir, "svid.pem"), key: join(dir, "key.pem"), authorize: edgeId, bundles: { "example.org": join(fs.targetPath, "example.org.trust-bundle.pem") } },
+      );
+      assert.deepEqual(result, { serverSawClient: partnerId, clientSawServer: edgeId, tlsVersion: "TLS 1.3" });
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 });
