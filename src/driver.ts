@@ -11,6 +11,7 @@ import { DriverMetrics } from "./metrics/driver-metrics.js";
 import { startHttpServer, type HealthChecks } from "./metrics/http-server.js";
 import type { Logger } from "./log.js";
 import { AgentAvailability } from "./spire/agent-availability.js";
+import { AgentCallLimiter } from "./spire/agent-call-limiter.js";
 import { createAgentClient } from "./spire/agent-client.js";
 import { jwtBundleFeed, x509BundleFeed } from "./spire/bundle-feed.js";
 import { VolumeManager } from "./volume/volume-manager.js";
@@ -48,11 +49,13 @@ export async function runDriver(config: DriverConfig, logger: Logger): Promise<{
   let agentConnected = () => false;
   const isReady = () => agentConnected();
   let registration: KubeletRegistration | undefined;
+  const agentCalls = new AgentCallLimiter(config.maxAgentCalls);
   const metrics = new DriverMetrics({
     version,
     volumes: () => volumes,
     agentConnected: isReady,
     kubeletRegistered: () => registration?.status?.registered === true,
+    agentCalls,
   });
   let serving = false;
   const health: HealthChecks = {
@@ -69,7 +72,7 @@ export async function runDriver(config: DriverConfig, logger: Logger): Promise<{
   const availability = new AgentAvailability(config.agentSocket, logger);
   await availability.start();
   const backoff = { minMs: config.reconnectMinMs, maxMs: config.reconnectMaxMs };
-  const feedOptions = { client, availability, adminSocketPath: config.agentSocket, backoff, logger };
+  const feedOptions = { client, availability, limiter: agentCalls, adminSocketPath: config.agentSocket, backoff, logger };
   const bundles = x509BundleFeed({ ...feedOptions, onRetry: () => metrics.streamRetrying("x509-bundles") });
   const jwtBundles = jwtBundleFeed({ ...feedOptions, onRetry: () => metrics.streamRetrying("jwt-bundles") });
   agentConnected = () => bundles.connected;
@@ -88,6 +91,7 @@ export async function runDriver(config: DriverConfig, logger: Logger): Promise<{
       bundles,
       jwtBundles,
       availability,
+      limiter: agentCalls,
       adminSocketPath: config.agentSocket,
       backoff,
       nodeName: config.nodeId,

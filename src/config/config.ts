@@ -108,6 +108,12 @@ export const options = {
     help: "cap of the resubscribe delay",
     schema: durationSchema.pipe(z.number().min(1)),
   },
+  "max-agent-calls": {
+    env: "SPIRE_CSI_MAX_AGENT_CALLS",
+    default: "32",
+    help: "cap on agent calls in flight for the whole driver (X.509 stream opens until the first answer, JWT-SVID fetches); more wait their turn. SPIRE v1.15.3's agent deadlocked at a few hundred concurrent calls",
+    schema: z.coerce.number().int("must be a whole number").min(1, "must be at least 1").max(256, "must be at most 256 (the agent deadlocks at a few hundred)"),
+  },
   "health-address": {
     env: "SPIRE_CSI_HEALTH_ADDRESS",
     default: "0.0.0.0:9808",
@@ -148,6 +154,7 @@ export interface DriverConfig {
   seLinuxContext: string | undefined;
   reconnectMinMs: number;
   reconnectMaxMs: number;
+  maxAgentCalls: number;
   /** Empty when disabled. */
   healthAddress: string;
   /** Empty when disabled. */
@@ -214,6 +221,7 @@ export function loadConfig(argv: readonly string[], env: NodeJS.ProcessEnv): Dri
     seLinuxContext: value("selinux-context"),
     reconnectMinMs: value("reconnect-min"),
     reconnectMaxMs: value("reconnect-max"),
+    maxAgentCalls: value("max-agent-calls"),
     healthAddress: value("health-address"),
     metricsAddress: value("metrics-address"),
     logLevel: value("log-level"),

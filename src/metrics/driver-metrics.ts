@@ -1,4 +1,5 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
+import type { AgentCallLimiter } from "../spire/agent-call-limiter.js";
 import type { VolumeManager } from "../volume/volume-manager.js";
 import type { AgentStreamName, SnapshotCause, VolumeObserver } from "../volume/volume-observer.js";
 import { reportedPhases } from "../volume/volume-state.js";
@@ -19,6 +20,7 @@ export class DriverMetrics implements VolumeObserver {
     volumes: () => VolumeManager | undefined;
     agentConnected: () => boolean;
     kubeletRegistered: () => boolean;
+    agentCalls: AgentCallLimiter;
   }) {
     const registers = [this.registry];
     // Without a prefix: the standard Node.js dashboards and alerts query process_* and nodejs_*.
@@ -96,6 +98,30 @@ export class DriverMetrics implements VolumeObserver {
           const labels = { volume_id: volume.spec.volumeId, pod_namespace: volume.spec.pod.namespace, pod_name: volume.spec.pod.name };
           this.set(labels, identity.expiresAt);
         }
+      },
+    });
+    new Gauge({
+      name: "spire_csi_agent_calls_in_flight",
+      help: "Agent calls in flight now (X.509 stream opens until the first answer, JWT-SVID fetches); at most --max-agent-calls",
+      registers,
+      collect() {
+        this.set(source.agentCalls.inFlight);
+      },
+    });
+    new Gauge({
+      name: "spire_csi_agent_calls_in_flight_peak",
+      help: "The most agent calls ever in flight at once since the driver started",
+      registers,
+      collect() {
+        this.set(source.agentCalls.peak);
+      },
+    });
+    new Gauge({
+      name: "spire_csi_agent_calls_waiting",
+      help: "Agent calls waiting for a slot under --max-agent-calls",
+      registers,
+      collect() {
+        this.set(source.agentCalls.queued);
       },
     });
     new Gauge({

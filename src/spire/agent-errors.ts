@@ -4,10 +4,19 @@ import { Code, ConnectError } from "@connectrpc/connect";
 export type AgentProblem =
   | { kind: "unreachable"; detail: string }
   | { kind: "not-authorized"; detail: string }
+  | { kind: "no-entry"; detail: string }
   | { kind: "stream-failed"; detail: string };
 
 export function classifyAgentError(error: unknown, adminSocketPath: string): AgentProblem {
   const connectError = ConnectError.from(error);
+  // SPIRE answers a fetch for selectors no entry matches with PermissionDenied "no identity
+  // issued": that says nothing about the driver's own authorization.
+  if (connectError.code === Code.PermissionDenied && /no identity issued/i.test(connectError.rawMessage)) {
+    return {
+      kind: "no-entry",
+      detail: `no entry matches this pod (the SPIRE agent issued no identity: ${connectError.rawMessage}); register an entry for the pod's selectors`,
+    };
+  }
   if (connectError.code === Code.PermissionDenied) {
     return {
       kind: "not-authorized",

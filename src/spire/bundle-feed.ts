@@ -2,6 +2,7 @@ import { EventEmitter } from "node:events";
 import type { Logger } from "pino";
 import type { AgentClient } from "./agent-client.js";
 import type { AgentAvailability } from "./agent-availability.js";
+import type { AgentCallLimiter } from "./agent-call-limiter.js";
 import type { BackoffOptions } from "./backoff.js";
 import { trustDomainOfKey } from "../config/trust-domain.js";
 import { splitDerCertificates } from "./der.js";
@@ -22,6 +23,7 @@ interface BundleFeedEvents<T> {
 export interface BundleFeedOptions {
   client: AgentClient;
   availability: AgentAvailability;
+  limiter: AgentCallLimiter;
   adminSocketPath: string;
   backoff: BackoffOptions;
   logger: Logger;
@@ -59,6 +61,7 @@ export class BundleFeed<T> extends EventEmitter<BundleFeedEvents<T>> {
       },
       backoff: options.backoff,
       availability: options.availability,
+      limiter: options.limiter,
       adminSocketPath: options.adminSocketPath,
       logger,
     });

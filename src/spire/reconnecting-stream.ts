@@ -2,6 +2,7 @@ import type { Logger } from "pino";
 import { Backoff, type BackoffOptions } from "./backoff.js";
 import { classifyAgentError, type AgentProblem } from "./agent-errors.js";
 import type { AgentAvailability } from "./agent-availability.js";
+import type { AgentCallLimiter } from "./agent-call-limiter.js";
 
 export type StreamStatus =
   | { state: "connecting" }
@@ -15,9 +16,19 @@ export interface ReconnectingStreamOptions<T> {
   onStatus?(status: StreamStatus): void;
   backoff: BackoffOptions;
   availability: AgentAvailability;
+  /** The driver-wide cap on agent calls: an open counts until the agent's first message. */
+  limiter: AgentCallLimiter;
   adminSocketPath: string;
   logger: Logger;
 }
+
+/**
+ * How long an open stream may hold its limiter slot without a first message. SPIRE answers a
+ * subscription at once (an empty SVID set when no entry matches), so this only matters for an
+ * agent that accepts the stream but never answers: the slot is then given back rather than held
+ * for as long as the stream lives.
+ */
+const openSlotHoldMs = 5_000;
 
 /**
  * Keeps one agent server stream alive for as long as it is wanted: resubscribes after every
@@ -47,11 +58,20 @@ export class ReconnectingStream<T> {
     while (!stopSignal.aborted) {
       options.onStatus?.({ state: "connecting" });
       let problem: AgentProblem;
+      let release: () => void;
+      try {
+        release = await options.limiter.acquire(stopSignal);
+      } catch {
+        break; // Stopped while waiting for a slot.
+      }
+      const holdTimer = setTimeout(release, openSlotHoldMs);
       try {
         let first = true;
         for await (const message of options.open(stopSignal)) {
           if (first) {
             first = false;
+            clearTimeout(holdTimer);
+            release();
             backoff.reset();
             options.onStatus?.({ state: "open" });
           }
@@ -61,6 +81,9 @@ export class ReconnectingStream<T> {
       } catch (error) {
         if (stopSignal.aborted) break;
         problem = classifyAgentError(error, options.adminSocketPath);
+      } finally {
+        clearTimeout(holdTimer);
+        release();
       }
       if (stopSignal.aborted) break;
       const delayMs = backoff.next();

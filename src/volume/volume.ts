@@ -2,6 +2,7 @@ import { createHash } from "node:crypto";
 import type { Logger } from "pino";
 import type { AgentClient } from "../spire/agent-client.js";
 import type { AgentAvailability } from "../spire/agent-availability.js";
+import type { AgentCallLimiter } from "../spire/agent-call-limiter.js";
 import type { AgentProblem } from "../spire/agent-errors.js";
 import type { BackoffOptions } from "../spire/backoff.js";
 import type { BundleFeed } from "../spire/bundle-feed.js";
@@ -24,6 +25,7 @@ export interface VolumeDependencies {
   bundles: BundleFeed<readonly Uint8Array[]>;
   jwtBundles: BundleFeed<string>;
   availability: AgentAvailability;
+  limiter: AgentCallLimiter;
   adminSocketPath: string;
   backoff: BackoffOptions;
   nodeName: string;
@@ -105,6 +107,7 @@ export class Volume {
       },
       backoff: deps.backoff,
       availability: deps.availability,
+      limiter: deps.limiter,
       adminSocketPath: deps.adminSocketPath,
       logger: this.logger,
     });
@@ -115,6 +118,7 @@ export class Volume {
         audiences: spec.attributes.jwt.map((entry) => entry.audience),
         choose: (svids) => chooseSvid(svids, spec.attributes.select),
         availability: deps.availability,
+        limiter: deps.limiter,
         adminSocketPath: deps.adminSocketPath,
         backoff: deps.backoff,
         logger: this.logger,
@@ -136,7 +140,6 @@ export class Volume {
     this.deps.bundles.on("change", this.onBundles);
     this.deps.jwtBundles.on("change", this.onJwtBundles);
     this.stream?.start();
-    this.jwtRefresher?.start();
     if (this.spec.attributes.bundleOnly) this.scheduleWrite();
   }
 
@@ -231,6 +234,10 @@ export class Volume {
       return;
     }
     this.identity = chosen;
+    // JWT-SVIDs only once the agent has issued the pod an X.509 SVID: for a pod no entry matches,
+    // every fetch would be one more attestation at the agent for nothing (a flood of such pods
+    // with many audiences each deadlocked SPIRE v1.15.3's agent).
+    this.jwtRefresher?.start();
     this.allIdentities = set.identities;
     if (set.invalidFederations > 0) {
       this.logger.error({ dropped: set.invalidFederations }, "ignoring federates_with entries that are not valid SPIFFE trust domain names");

@@ -115,6 +115,15 @@ export class FakeAgent extends EventEmitter {
   subscribeCalls = 0;
   /** JWT-SVIDs minted by FetchJWTSVIDs. */
   jwtFetches = 0;
+  /** Every FetchJWTSVIDs call, refused ones included, by the request's k8s:pod-uid selector. */
+  readonly jwtFetchCallsByPod = new Map<string, number>();
+  /** The most FetchJWTSVIDs calls in flight at once, overall and for any one pod. */
+  jwtFetchPeak = 0;
+  jwtFetchPeakPerPod = 0;
+  /** Each FetchJWTSVIDs answer waits this long, as a loaded agent's would. */
+  jwtFetchDelayMs = 0;
+  private jwtFetchesInFlight = 0;
+  private readonly jwtFetchesInFlightByPod = new Map<string, number>();
   lastSelectors: Selector[] | undefined;
   private readonly svids = new Map<string, CachedSvid>();
   private readonly svidStreams = new Set<SvidStream>();
@@ -333,9 +342,22 @@ export class FakeAgent extends EventEmitter {
         queue.push({ caCertificates: this.bundles() });
         return this.serveQueue(this.bundleStreams, queue, context);
       },
-      fetchJWTSVIDs: (request) => {
+      fetchJWTSVIDs: async (request) => {
         // SPIRE checks the audience before authorization.
         if (request.audience.length === 0) throw new ConnectError("audience must be specified", Code.InvalidArgument);
+        const pod = request.selectors.find((selector) => selector.value.startsWith("pod-uid:"))?.value ?? "";
+        this.jwtFetchCallsByPod.set(pod, (this.jwtFetchCallsByPod.get(pod) ?? 0) + 1);
+        this.jwtFetchesInFlight += 1;
+        const podInFlight = (this.jwtFetchesInFlightByPod.get(pod) ?? 0) + 1;
+        this.jwtFetchesInFlightByPod.set(pod, podInFlight);
+        this.jwtFetchPeak = Math.max(this.jwtFetchPeak, this.jwtFetchesInFlight);
+        this.jwtFetchPeakPerPod = Math.max(this.jwtFetchPeakPerPod, podInFlight);
+        try {
+          if (this.jwtFetchDelayMs > 0) await new Promise((resolve) => setTimeout(resolve, this.jwtFetchDelayMs));
+        } finally {
+          this.jwtFetchesInFlight -= 1;
+          this.jwtFetchesInFlightByPod.set(pod, this.jwtFetchesInFlightByPod.get(pod)! - 1);
+        }
         this.checkAllowed();
         const selectors = request.selectors.map(({ type, value }) => ({ type, value }));
         // One token per matching entry, carrying every requested audience (as SPIRE does).
