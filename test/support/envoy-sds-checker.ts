@@ -30,3 +30,20 @@ export async function checkEnvoySds(file: string, certSecret: string, caSecret: 
     throw new Error(`Envoy's API rejects ${file}: ${(error as { stderr?: string }).stderr ?? (error as Error).message}`);
   }
 }
+
+export interface TransportSocketReport {
+  requireClientCertificate: boolean;
+  certificates: { name: string; path: string; watchedDirectory: string }[];
+  validationContext: { name: string; path: string; watchedDirectory: string };
+}
+
+/** Decodes a listener's `transport_socket` (YAML) strictly with Envoy's API types and validation rules. */
+export async function checkEnvoyTransportSocket(yamlFile: string): Promise<TransportSocketReport> {
+  const binary = await buildGoChecker(checkerDir, "sds-checker");
+  try {
+    const { stdout } = await run(binary, ["-transport-socket", yamlFile]);
+    return JSON.parse(stdout) as TransportSocketReport;
+  } catch (error) {
+    throw new Error(`Envoy's API rejects ${yamlFile}: ${(error as { stderr?: string }).stderr ?? (error as Error).message}`);
+  }
+}

@@ -4,6 +4,12 @@
 // resources, or when the expected secrets are missing or empty.
 //
 // Usage: sds-checker <file> <cert-secret-name> <ca-secret-name>
+//
+//	sds-checker -transport-socket <yaml-file>
+//
+// The second form decodes a listener's transport_socket (YAML, as in the README) strictly into
+// envoy.config.core.v3.TransportSocket with a DownstreamTlsContext, validates both, and prints the
+// SDS secret names and files it reads.
 package main
 
 import (
@@ -14,9 +20,11 @@ import (
 	"fmt"
 	"os"
 
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/protobuf/encoding/protojson"
+	"sigs.k8s.io/yaml"
 )
 
 type report struct {
@@ -32,6 +40,10 @@ type report struct {
 }
 
 func main() {
+	if len(os.Args) == 3 && os.Args[1] == "-transport-socket" {
+		checkTransportSocket(os.Args[2])
+		return
+	}
 	if len(os.Args) != 4 {
 		fail("usage: sds-checker <file> <cert-secret-name> <ca-secret-name>")
 	}
@@ -159,4 +171,63 @@ func parseCerts(text string) []*x509.Certificate {
 func fail(format string, args ...any) {
 	fmt.Fprintf(os.Stderr, "sds-checker: "+format+"\n", args...)
 	os.Exit(1)
+}
+
+type sdsReference struct {
+	Name           string `json:"name"`
+	Path           string `json:"path"`
+	WatchedDirPath string `json:"watchedDirectory"`
+}
+
+func checkTransportSocket(file string) {
+	data, err := os.ReadFile(file)
+	if err != nil {
+		fail("read: %v", err)
+	}
+	jsonData, err := yaml.YAMLToJSON(data)
+	if err != nil {
+		fail("not YAML: %v", err)
+	}
+	var wrapper struct {
+		TransportSocket json.RawMessage `json:"transport_socket"`
+	}
+	if err := json.Unmarshal(jsonData, &wrapper); err != nil || wrapper.TransportSocket == nil {
+		fail("no transport_socket key: %v", err)
+	}
+	var socket corev3.TransportSocket
+	if err := (protojson.UnmarshalOptions{DiscardUnknown: false}).Unmarshal(wrapper.TransportSocket, &socket); err != nil {
+		fail("not a TransportSocket: %v", err)
+	}
+	if err := socket.ValidateAll(); err != nil {
+		fail("transport_socket fails Envoy's validation rules: %v", err)
+	}
+	var context tlsv3.DownstreamTlsContext
+	if err := socket.GetTypedConfig().UnmarshalTo(&context); err != nil {
+		fail("typed_config is not a DownstreamTlsContext: %v", err)
+	}
+	if err := context.ValidateAll(); err != nil {
+		fail("DownstreamTlsContext fails Envoy's validation rules: %v", err)
+	}
+	common := context.GetCommonTlsContext()
+	reference := func(config *tlsv3.SdsSecretConfig) sdsReference {
+		source := config.GetSdsConfig().GetPathConfigSource()
+		if source == nil {
+			fail("secret %q is not read through path_config_source", config.GetName())
+		}
+		return sdsReference{Name: config.GetName(), Path: source.GetPath(), WatchedDirPath: source.GetWatchedDirectory().GetPath()}
+	}
+	var certs []sdsReference
+	for _, config := range common.GetTlsCertificateSdsSecretConfigs() {
+		certs = append(certs, reference(config))
+	}
+	validation := common.GetValidationContextSdsSecretConfig()
+	if validation == nil {
+		fail("no validation_context_sds_secret_config")
+	}
+	out, _ := json.Marshal(map[string]any{
+		"requireClientCertificate": context.GetRequireClientCertificate().GetValue(),
+		"certificates":             certs,
+		"validationContext":        reference(validation),
+	})
+	fmt.Println(string(out))
 }
