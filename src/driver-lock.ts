@@ -7,6 +7,11 @@ import type { Logger } from "./log.js";
 /** flock(1)'s exit status when --nonblock finds the lock taken. */
 const lockTakenExitCode = 75;
 const waitingLogIntervalMs = 60_000;
+/**
+ * A waiting attempt blocks in flock(1) for at most this long, then tries again. Bounded so that a
+ * driver killed while it waits leaves no flock process behind for longer than this.
+ */
+const waitAttemptSeconds = 5;
 
 export interface DriverLock {
   readonly path: string;
@@ -35,24 +40,28 @@ export interface DriverLock {
 export async function acquireDriverLock(metadataDir: string, logger: Logger): Promise<DriverLock> {
   await mkdir(metadataDir, { recursive: true, mode: 0o700 });
   const path = join(metadataDir, ".driver.lock");
-  const immediate = await tryLock(path, { wait: false });
+  const immediate = await tryLock(path, 0);
   if (immediate) return immediate;
   const message = "another spire-csi-driver holds the lock on this node's metadata dir; waiting for it to exit (stop it, or give this one another --metadata-dir)";
   logger.warn({ lock: path }, message);
   const reminder = setInterval(() => logger.warn({ lock: path }, message), waitingLogIntervalMs);
   try {
-    const lock = await tryLock(path, { wait: true });
-    if (!lock) throw new Error(`flock ${path} gave up while waiting`);
-    logger.info({ lock: path }, "driver lock acquired");
-    return lock;
+    for (;;) {
+      const lock = await tryLock(path, waitAttemptSeconds);
+      if (lock) {
+        logger.info({ lock: path }, "driver lock acquired");
+        return lock;
+      }
+    }
   } finally {
     clearInterval(reminder);
   }
 }
 
-/** The lock, or undefined when `wait` is false and another process holds it. */
-async function tryLock(path: string, options: { wait: boolean }): Promise<DriverLock | undefined> {
-  const args = ["--exclusive", ...(options.wait ? [] : ["--nonblock", "--conflict-exit-code", String(lockTakenExitCode)]), path];
+/** The lock, or undefined when another process still holds it after `waitSeconds`. */
+async function tryLock(path: string, waitSeconds: number): Promise<DriverLock | undefined> {
+  const wait = waitSeconds === 0 ? ["--nonblock"] : ["--timeout", String(waitSeconds)];
+  const args = ["--exclusive", ...wait, "--conflict-exit-code", String(lockTakenExitCode), path];
   // `read` returns at EOF on stdin, i.e. when the driver closes the pipe or dies.
   const child = spawn("flock", [...args, "sh", "-c", "echo locked; read -r _"], { stdio: ["pipe", "pipe", "pipe"] });
   let stderr = "";
