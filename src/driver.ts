@@ -118,6 +118,7 @@ export async function runDriver(config: DriverConfig, logger: Logger): Promise<{
     : undefined;
   await registration?.start();
   serving = true;
+  logger.info({ registration: config.registrationSocket || "disabled" }, "driver started");
   const running = volumes;
   return {
     async stop() {

@@ -135,7 +135,8 @@ export class DriverProcess {
     const deadline = Date.now() + timeoutMs;
     while (Date.now() < deadline) {
       if (!this.running) throw new Error(`driver exited during start:\n${this.rawOutput.slice(-20).join("\n")}`);
-      if (this.logs.some((line) => line.msg === "CSI server listening") && (await canConnect(this.options.pluginSocket))) return;
+      // "driver started" comes after the CSI socket and the kubelet registration socket are served.
+      if (this.logs.some((line) => line.msg === "driver started") && (await canConnect(this.options.pluginSocket))) return;
       await sleep(50);
     }
     throw new Error(`driver socket ${this.options.pluginSocket} did not come up in ${timeoutMs} ms`);
