@@ -21,20 +21,33 @@ export async function resolveKubeletPaths(kubeletRoot: string): Promise<KubeletP
   return { root: kubeletRoot, podsDir, podsRealPath };
 }
 
+/** Where a target lies: inside the pods dir, outside it through a symlink, or gone (its parent does not exist). */
+export type TargetPlace = { kind: "inside" } | { kind: "absent" } | { kind: "outside"; parent: string; real: string; expected: string };
+
 /**
  * The target's parent, with every symlink resolved, must be exactly where kubelet's path says
  * below the real pods dir. kubelet makes no symlinks there, so any link on the way (a pod dir
  * pointing outside, say) is planted, and following it would mount a tmpfs and write a key
  * outside the kubelet root.
  */
-export async function requireUnderPods(targetPath: string, paths: KubeletPaths): Promise<void> {
+export async function placeOfTarget(targetPath: string, paths: KubeletPaths): Promise<TargetPlace> {
   const parent = dirname(targetPath);
   const real = await realpath(parent).catch((error: NodeJS.ErrnoException) => {
-    if (error.code === "ENOENT") throw invalidArgument("target_path", `its parent dir ${parent} does not exist (kubelet creates it before publishing)`);
+    if (error.code === "ENOENT") return undefined;
     throw error;
   });
+  if (real === undefined) return { kind: "absent" };
   const expected = join(paths.podsRealPath, relative(paths.podsDir, parent));
-  if (real !== expected) {
-    throw invalidArgument("target_path", `${parent} resolves to ${real}, not ${expected}: a symlink below ${paths.podsDir} is never followed`);
+  return real === expected ? { kind: "inside" } : { kind: "outside", parent, real, expected };
+}
+
+/** placeOfTarget as a publish needs it: anything but "inside" is an INVALID_ARGUMENT naming the reason. */
+export async function requireUnderPods(targetPath: string, paths: KubeletPaths): Promise<void> {
+  const place = await placeOfTarget(targetPath, paths);
+  if (place.kind === "absent") {
+    throw invalidArgument("target_path", `its parent dir ${dirname(targetPath)} does not exist (kubelet creates it before publishing)`);
+  }
+  if (place.kind === "outside") {
+    throw invalidArgument("target_path", `${place.parent} resolves to ${place.real}, not ${place.expected}: a symlink below ${paths.podsDir} is never followed`);
   }
 }

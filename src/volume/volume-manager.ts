@@ -3,7 +3,7 @@ import type { Logger } from "pino";
 import type { MetadataStore, VolumeRecord } from "@spire-csi-driver/metadata-store";
 import { DriverError } from "../errors.js";
 import { hasSnapshot } from "../files/atomic-snapshot.js";
-import { requireUnderPods, type KubeletPaths } from "../files/kubelet-paths.js";
+import { placeOfTarget, requireUnderPods, type KubeletPaths } from "../files/kubelet-paths.js";
 import { isMountPoint, readMountPoints } from "../files/mount-table.js";
 import { checkTarget, prepareTarget, releaseTarget, type PreparedTarget, type VolumeBacking } from "../files/target-mount.js";
 import { checkKeyMode, parseVolumeAttributes } from "./volume-attributes.js";
@@ -226,15 +226,12 @@ export class VolumeManager {
       );
     }
     let released: Awaited<ReturnType<typeof releaseTarget>> = "absent";
-    const outside = await requireUnderPods(targetPath, this.options.kubelet).then(
-      () => undefined,
-      (error: unknown) => (error as Error).message,
-    );
-    if (outside !== undefined) {
+    const place = await placeOfTarget(targetPath, this.options.kubelet);
+    if (place.kind === "outside") {
       // A symlinked ancestor: the dir behind it is not a volume of this node's pods.
       await volume?.stop();
       this.volumes.delete(volumeId);
-      logger.warn({ reason: outside }, "the target does not lie in kubelet's pods dir; left it untouched");
+      logger.warn({ resolvesTo: place.real }, "the target's dir resolves to a place outside kubelet's pods dir; left it untouched");
     } else if (volume) {
       await volume.stop();
       this.volumes.delete(volumeId);

@@ -108,6 +108,23 @@ describe("the driver only ever touches its own volume", () => {
     assert.deepEqual(await readdir(join(outside, "volumes", "kubernetes.io~csi")), [], "no target made outside (kubelet removed its own volume dir)");
   });
 
+  test("item 3: unpublish through a symlinked pod dir leaves the mount behind it alone", async (t) => {
+    const outside = join(fx.dir, "outside-3u");
+    const behind = join(outside, "volumes", "kubernetes.io~csi", "svid", "mount");
+    await mkdir(behind, { recursive: true });
+    execFileSync("mount", ["-t", "tmpfs", "-o", "size=1m", "tmpfs", behind]);
+    t.after(() => execFileSync("umount", [behind]));
+    await symlink("elsewhere", join(behind, "..data"));
+    const pod = newPod();
+    await mkdir(join(fx.kubeletRoot, "pods"), { recursive: true });
+    await symlink(outside, join(fx.kubeletRoot, "pods", pod.uid));
+
+    await fx.kubelet.node.nodeUnpublishVolume({ volumeId: ephemeralVolumeId(pod.uid, "svid"), targetPath: fx.kubelet.targetPath(pod.uid, "svid") });
+    assert.equal(await isMountPoint(behind), true, "the tmpfs behind the link is still mounted");
+    assert.deepEqual(await readdir(behind), ["..data"]);
+    await fx.driver.waitForLog((line) => line.msg.startsWith("the target's dir resolves to a place outside"), 2_000);
+  });
+
   test("item 5: records that break the publish rules are quarantined at start, never mounted or written", async (t) => {
     const outside = join(fx.dir, "outside-5");
     await mkdir(join(outside, "mount"), { recursive: true });
