@@ -44,6 +44,8 @@ test("a publish flood with 10 JWT audiences each: no JWT fetch for pods without 
   assert.ok(peak !== undefined && peak >= 1 && peak <= 4, `driver-side peak within the cap: ${peak}`);
   assert.equal(sample(metrics, "spire_csi_agent_calls_waiting"), 0);
   for (const volume of await Promise.all(served)) await fx.kubelet.unpublish(volume);
+  // Every stream the flood opened is closed again, at the agent too.
+  await fx.agent.waitForStreams(0);
 });
 
 test("the agent's 'no identity issued' reads as no entry for the pod, not as the driver's authorization", () => {

@@ -65,13 +65,20 @@ class StreamQueue<T> {
     this.wake?.();
   }
 
+  /**
+   * The signal may already be aborted when the handler gets here: under a publish flood the
+   * driver gives up on (aborts) many streams within milliseconds of opening them. An "abort"
+   * listener added then never fires, and before this check such a stream waited forever and
+   * stayed counted as open (the ~280 "leaked" streams after some floods: the fake agent's fault,
+   * never seen with real SPIRE, which ends a handler whose context is already done).
+   */
   async *drain(signal: AbortSignal): AsyncGenerator<T> {
     const onAbort = () => this.end();
     signal.addEventListener("abort", onAbort, { once: true });
     try {
       for (;;) {
         if (this.failure) throw this.failure;
-        if (this.ended) return;
+        if (this.ended || signal.aborted) return;
         const item = this.items.shift();
         if (item !== undefined) {
           yield item;

@@ -330,6 +330,17 @@ export class SpireFixture {
     await this.startAgent();
   }
 
+  /** Whether `spire-agent healthcheck` answers healthy within `timeoutMs` (a deadlocked agent's does not). */
+  async agentHealthy(timeoutMs = 10_000): Promise<boolean> {
+    if (!alive(this.agent)) return false;
+    try {
+      await run(join(this.bin, `spire-agent-${spireVersion}`), ["healthcheck", "-socketPath", this.workloadSocket], { timeout: timeoutMs });
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
   /** SIGKILL the agent and wait for it to exit (its socket files stay behind, as after a crash). */
   killAgent(): Promise<void> {
     return this.stopAgent("SIGKILL");
