@@ -7,7 +7,9 @@
 import assert from "node:assert/strict";
 import { createPublicKey, createVerify } from "node:crypto";
 import { readFile } from "node:fs/promises";
-import { mkdtemp, rm } from "node:fs/promises";
+import { execFile } from "node:child_process";
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { promisify } from "node:util";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
@@ -21,6 +23,7 @@ import { SpireFixture } from "../support/spire-fixture.js";
 
 const pod = { uid: "ee11ff22-0000-4000-8000-000000000001", name: "edge-0", namespace: "mesh", serviceAccount: "edge" };
 const edgeId = "spiffe://example.org/ns/mesh/sa/edge";
+const openssl = (args: string[]) => promisify(execFile)("openssl", args);
 const peerPod = { uid: "ee11ff22-0000-4000-8000-000000000002", name: "peer-0", namespace: "mesh", serviceAccount: "peer" };
 const peerId = "spiffe://example.org/ns/mesh/sa/peer";
 
@@ -36,9 +39,18 @@ describe("real SPIRE: formats, federation, JWT refresh, Envoy SDS", { timeout: 1
   let peerKeystore: PublishedVolume;
   let helper: PublishedVolume;
   let java: JavaClient;
+  let merged: PublishedVolume;
+  /** Holds the partner server's upstream CA key, so the test can sign what the partner's CA could. */
+  let upstreamDir: string;
 
   before(async () => {
-    [spire, partner] = await Promise.all([SpireFixture.start(), SpireFixture.start({ trustDomain: "partner.test", agent: false })]);
+    upstreamDir = await mkdtemp(join(tmpdir(), "partner-upstream-"));
+    await openssl(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", join(upstreamDir, "ca.key"), "-out", join(upstreamDir, "ca.crt"),
+      "-days", "2", "-subj", "/O=partner.test upstream CA", "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign"]);
+    [spire, partner] = await Promise.all([
+      SpireFixture.start(),
+      SpireFixture.start({ trustDomain: "partner.test", agent: false, upstreamAuthority: { certFile: join(upstreamDir, "ca.crt"), keyFile: join(upstreamDir, "ca.key") } }),
+    ]);
     await spire.bundleSet("partner.test", await partner.bundleShow());
     await spire.registerDelegate();
     await spire.createEntry({
@@ -59,13 +71,14 @@ describe("real SPIRE: formats, federation, JWT refresh, Envoy SDS", { timeout: 1
     edgeKeystore = await kubelet.publish(pod, "ks", { "csi.spire.io/keystore": "pkcs12" }, retry);
     peerKeystore = await kubelet.publish(peerPod, "ks", { "csi.spire.io/keystore": "pkcs12" }, retry);
     helper = await kubelet.publish(pod, "helper", { "csi.spire.io/layout": "spiffe-helper" }, retry);
+    merged = await kubelet.publish(pod, "merged", { "csi.spire.io/federated-bundles": "merge" }, retry);
   });
 
   after(async () => {
     try {
       await node?.close();
     } finally {
-      await Promise.all([spire?.stop(), partner?.stop(), java?.dispose()]);
+      await Promise.all([spire?.stop(), partner?.stop(), java?.dispose(), upstreamDir && rm(upstreamDir, { recursive: true, force: true })]);
     }
   });
 
@@ -166,5 +179,28 @@ describe("real SPIRE: formats, federation, JWT refresh, Envoy SDS", { timeout: 1
     } finally {
       await rm(dir, { recursive: true, force: true });
     }
+  });
+
+  test("per-trust-domain trust: a certificate from the partner domain's CA claiming our pod's ID is refused by go-spiffe with the per-domain files", async () => {
+    // Signed with the partner server's own root key (its disk UpstreamAuthority), the root the
+    // partner's federated bundle carries.
+    const forgedKey = join(upstreamDir, "forged.key");
+    const forgedCert = join(upstreamDir, "forged.crt");
+    const extensions = join(upstreamDir, "forged.ext");
+    await writeFile(extensions, `subjectAltName=URI:${edgeId}\nbasicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n`);
+    await openssl(["req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", forgedKey, "-subj", "/O=SPIRE", "-out", join(upstreamDir, "forged.csr")]);
+    await openssl(["x509", "-req", "-in", join(upstreamDir, "forged.csr"), "-CA", join(upstreamDir, "ca.crt"), "-CAkey", join(upstreamDir, "ca.key"), "-CAcreateserial", "-days", "1", "-extfile", extensions, "-out", forgedCert]);
+    const partnerBundle = await readFile(join(fs.targetPath, "partner.test.trust-bundle.pem"), "utf8");
+    assert.ok(partnerBundle.includes((await readFile(join(upstreamDir, "ca.crt"), "utf8")).trim()), "the partner's federated bundle is the upstream CA the test holds");
+
+    const perDomain = { "example.org": join(fs.targetPath, "example.org.trust-bundle.pem"), "partner.test": join(fs.targetPath, "partner.test.trust-bundle.pem") };
+    await assert.rejects(goSpiffe.verify(forgedCert, perDomain), /x509svid\.Verify: .*unknown authority/);
+    const credential = join(fs.targetPath, "credential-bundle.pem");
+    const genuine = join(upstreamDir, "genuine.pem");
+    const credentialText = await readFile(credential, "utf8");
+    await writeFile(genuine, credentialText.slice(credentialText.indexOf("-----BEGIN CERTIFICATE-----")));
+    assert.deepEqual(await goSpiffe.verify(genuine, perDomain), { id: edgeId });
+    // The hazard the per-domain files (and Envoy's SPIFFE validator) avoid: one merged bundle.
+    assert.deepEqual(await goSpiffe.verify(forgedCert, { "example.org": join(merged.targetPath, "ca.crt") }), { id: edgeId });
   });
 });

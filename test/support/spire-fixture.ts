@@ -42,6 +42,8 @@ export interface SpireOptions {
   defaultX509SvidTtl?: string | number;
   /** false starts only the server, e.g. as a second trust domain to federate with. */
   agent?: boolean;
+  /** A disk UpstreamAuthority (PEM files): the test holds the key of the server's root CA. */
+  upstreamAuthority?: { certFile: string; keyFile: string };
 }
 
 export interface EntryOptions {
@@ -424,7 +426,17 @@ plugins {
   KeyManager "memory" {
     plugin_data {}
   }
-}
+${
+  this.options.upstreamAuthority
+    ? `  UpstreamAuthority "disk" {
+    plugin_data {
+      cert_file_path = "${this.options.upstreamAuthority.certFile}"
+      key_file_path = "${this.options.upstreamAuthority.keyFile}"
+    }
+  }
+`
+    : ""
+}}
 `,
     );
     this.serverPort = port;
