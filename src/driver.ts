@@ -12,6 +12,7 @@ import { startHttpServer, type HealthChecks } from "./metrics/http-server.js";
 import type { Logger } from "./log.js";
 import { AgentAvailability } from "./spire/agent-availability.js";
 import { AgentCallLimiter } from "./spire/agent-call-limiter.js";
+import { AgentProbe } from "./spire/agent-probe.js";
 import { createAgentClient } from "./spire/agent-client.js";
 import { jwtBundleFeed, x509BundleFeed } from "./spire/bundle-feed.js";
 import { VolumeManager } from "./volume/volume-manager.js";
@@ -47,6 +48,7 @@ export async function runDriver(config: DriverConfig, logger: Logger): Promise<{
   logger.info({ version, config }, "starting spire-csi-driver");
   let volumes: VolumeManager | undefined;
   let agentConnected = () => false;
+  let agentAnswering = () => false;
   const isReady = () => agentConnected();
   let registration: KubeletRegistration | undefined;
   const agentCalls = new AgentCallLimiter(config.maxAgentCalls);
@@ -62,7 +64,7 @@ export async function runDriver(config: DriverConfig, logger: Logger): Promise<{
     // Waiting for the lock and re-adopting volumes are progress, not a hang: alive meanwhile.
     // The deadline is below the chart's probe timeoutSeconds, so a slow answer fails the check.
     live: async () => (serving ? checkCsiServer(config.pluginSocket, 2_000) : { ok: true }),
-    ready: () => serving && isReady(),
+    ready: () => serving && isReady() && agentAnswering(),
   };
   const httpServers = await startHttpServers(config, metrics, health, logger);
   // Before anything touches the metadata dir or a socket.
@@ -76,6 +78,9 @@ export async function runDriver(config: DriverConfig, logger: Logger): Promise<{
   const bundles = x509BundleFeed({ ...feedOptions, onRetry: () => metrics.streamRetrying("x509-bundles") });
   const jwtBundles = jwtBundleFeed({ ...feedOptions, onRetry: () => metrics.streamRetrying("jwt-bundles") });
   agentConnected = () => bundles.connected;
+  const probe = new AgentProbe(client, config.agentProbeTimeoutMs, logger.child({ component: "agent-probe" }));
+  agentAnswering = () => probe.answering;
+  probe.start();
   bundles.on("change", () => metrics.bundlesChanged("x509"));
   jwtBundles.on("change", () => metrics.bundlesChanged("jwt"));
   bundles.start();
@@ -128,6 +133,7 @@ export async function runDriver(config: DriverConfig, logger: Logger): Promise<{
       await running.shutdown();
       await Promise.all(httpServers.map((http) => http.close()));
       await Promise.all([bundles.stop(), jwtBundles.stop()]);
+      probe.stop();
       await availability.stop();
       await lock.release();
     },

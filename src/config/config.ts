@@ -114,6 +114,12 @@ export const options = {
     help: "cap on agent calls in flight for the whole driver (X.509 stream opens until the first answer, JWT-SVID fetches); more wait their turn. SPIRE v1.15.3's agent deadlocked at a few hundred concurrent calls",
     schema: z.coerce.number().int("must be a whole number").min(1, "must be at least 1").max(256, "must be at most 256 (the agent deadlocks at a few hundred)"),
   },
+  "agent-probe-timeout": {
+    env: "SPIRE_CSI_AGENT_PROBE_TIMEOUT",
+    default: "5s",
+    help: "readiness: the SPIRE agent must answer a cheap call within this long (probed every twice this long); a deadlocked agent makes /readyz fail",
+    schema: durationSchema.pipe(z.number().min(100).max(60_000)),
+  },
   "health-address": {
     env: "SPIRE_CSI_HEALTH_ADDRESS",
     default: "0.0.0.0:9808",
@@ -155,6 +161,7 @@ export interface DriverConfig {
   reconnectMinMs: number;
   reconnectMaxMs: number;
   maxAgentCalls: number;
+  agentProbeTimeoutMs: number;
   /** Empty when disabled. */
   healthAddress: string;
   /** Empty when disabled. */
@@ -222,6 +229,7 @@ export function loadConfig(argv: readonly string[], env: NodeJS.ProcessEnv): Dri
     reconnectMinMs: value("reconnect-min"),
     reconnectMaxMs: value("reconnect-max"),
     maxAgentCalls: value("max-agent-calls"),
+    agentProbeTimeoutMs: value("agent-probe-timeout"),
     healthAddress: value("health-address"),
     metricsAddress: value("metrics-address"),
     logLevel: value("log-level"),

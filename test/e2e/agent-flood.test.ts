@@ -75,6 +75,8 @@ test(`after two floods of ${floodPods} publishes × 10 JWT audiences for pods wi
   await sampler;
 
   const agentHealthy = await spire.agentHealthy(10_000);
+  // The driver's readiness probe gets an answer from the real agent (5 s deadline, every 10 s).
+  const readyz = (await fetch(`${metricsBase}/readyz`)).status;
   const servedStarted = performance.now();
   const served = await node.kubelet.tryPublish(
     { uid: "0b6f2c1e-8a4d-4c3b-9e1f-00000000f100", name: "web-0", namespace: "demo", serviceAccount: "web" },
@@ -89,7 +91,7 @@ test(`after two floods of ${floodPods} publishes × 10 JWT audiences for pods wi
   for (const figure of [
       `flood: 2 x ${floodPods} publishes x 10 audiences, no entries; ${outcomes.filter((outcome) => outcome.error).length} failed as expected`,
       `agent calls in flight at peak (driver metric): ${sample(metrics, "spire_csi_agent_calls_in_flight_peak") ?? "n/a"}`,
-      `agent healthy after the flood: ${agentHealthy}`,
+      `agent healthy after the flood: ${agentHealthy}; driver /readyz: ${readyz}`,
       `pod with an entry: ${served.error ? `failed (${served.error.message})` : `identity served in ${servedMs} ms`}`,
       `driver RSS: ${mb(rssBefore)} before, ${mb(rssAfterFirst)} after the first flood, ${mb(rssAfter)} after the second, ${mb(peakRss)} at peak`,
   ]) {
@@ -98,6 +100,7 @@ test(`after two floods of ${floodPods} publishes × 10 JWT audiences for pods wi
 
   assert.ok(outcomes.every((outcome) => outcome.error), "no entry matches the flood's pods");
   assert.equal(agentHealthy, true, "the agent answers its health check after the flood");
+  assert.equal(readyz, 200, "the driver is ready: the agent answers its probe");
   assert.equal(served.error, undefined, "a pod with an entry gets its identity after the flood");
   assert.equal((await readVolumeIdentity(served.targetPath)).spiffeId, webId);
   const peak = sample(metrics, "spire_csi_agent_calls_in_flight_peak");

@@ -13,7 +13,7 @@ let fx: DriverFixture;
 let base: string;
 
 before(async () => {
-  fx = await startDriverFixture({ driver: { publishTimeout: "3s", extraArgs: ["--max-agent-calls", "4"] } });
+  fx = await startDriverFixture({ driver: { publishTimeout: "3s", extraArgs: ["--max-agent-calls", "4", "--agent-probe-timeout", "500ms"] } });
   await fx.agent.addEntry({ id: "web", spiffeId: "spiffe://example.org/ns/demo/sa/web", selectors: [{ type: "k8s", value: "ns:demo" }] });
   const line = await fx.driver.waitForLog((entry) => entry.msg === "metrics and health endpoints listening");
   base = `http://${String(line.address)}`;
@@ -38,7 +38,8 @@ test("a publish flood with 10 JWT audiences each: no JWT fetch for pods without 
   const floodFetches = [...fx.agent.jwtFetchCallsByPod].filter(([pod]) => pod.includes(podUid(1, 0).slice(0, 8)));
   assert.deepEqual(floodFetches, [], "JWT-SVIDs are fetched only after the pod's X.509 SVID arrived");
   assert.equal(fx.agent.jwtFetchPeakPerPod, 1, "a volume's audiences are fetched one after another");
-  assert.ok(fx.agent.jwtFetchPeak <= 4, `at most 4 fetches at the agent at once, saw ${fx.agent.jwtFetchPeak}`);
+  // The readiness probe is the one call outside the cap.
+  assert.ok(fx.agent.jwtFetchPeak <= 4 + 1, `at most 4 fetches (and the probe) at the agent at once, saw ${fx.agent.jwtFetchPeak}`);
   const metrics = await (await fetch(`${base}/metrics`)).text();
   const peak = sample(metrics, "spire_csi_agent_calls_in_flight_peak");
   assert.ok(peak !== undefined && peak >= 1 && peak <= 4, `driver-side peak within the cap: ${peak}`);
@@ -46,6 +47,23 @@ test("a publish flood with 10 JWT audiences each: no JWT fetch for pods without 
   for (const volume of await Promise.all(served)) await fx.kubelet.unpublish(volume);
   // Every stream the flood opened is closed again, at the agent too.
   await fx.agent.waitForStreams(0);
+});
+
+test("readiness notices an agent that stops answering calls while its streams stay open, and recovers", { timeout: 60_000 }, async () => {
+  const readyz = async () => (await fetch(`${base}/readyz`)).status;
+  const until = async (status: number) => {
+    while ((await readyz()) !== status) await new Promise((resolve) => setTimeout(resolve, 100));
+  };
+  await until(200);
+  const streamsBefore = fx.agent.openBundleStreams;
+  // Every call now takes longer than the probe's 500 ms deadline, as with a deadlocked agent.
+  fx.agent.jwtFetchDelayMs = 3_000;
+  await until(503);
+  assert.equal(fx.agent.openBundleStreams, streamsBefore, "the bundle stream stayed open: only the probe saw the agent stop answering");
+  await fx.driver.waitForLog((entry) => entry.msg === "the SPIRE agent did not answer a call within the deadline; reporting not ready");
+  assert.equal((await fetch(`${base}/healthz`)).status, 200, "liveness is not affected");
+  fx.agent.jwtFetchDelayMs = 0;
+  await until(200);
 });
 
 test("the agent's 'no identity issued' reads as no entry for the pod, not as the driver's authorization", () => {
