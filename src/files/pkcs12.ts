@@ -77,8 +77,7 @@ function certBag(der: Uint8Array, attributes: PKCS12Attribute[] | undefined): Sa
 function pfx(safes: SafeContents[], password: string): Buffer {
   const authSafe = new AuthenticatedSafe(safes.map((safe) => dataContentInfo(AsnConvert.serialize(safe))));
   const authSafeDer = Buffer.from(AsnConvert.serialize(authSafe));
-  const macSalt = saltFor("mac", authSafeDer);
-  const macKey = pkcs12Kdf(password, macSalt, 3, iterations);
+  const { salt: macSalt, key: macKey } = macKeyFor(password);
   const mac = createHmac("sha256", macKey).update(authSafeDer).digest();
   const result = new PFX({
     version: 3,
@@ -122,6 +121,25 @@ function encryptPrivateKey(keyPkcs8Der: Uint8Array, password: string, salt: Buff
     encryptionAlgorithm: new AlgorithmIdentifier({ algorithm: oid.pbes2, parameters: parameters.toBER() }),
     encryptedData: new EncryptedData(encrypted),
   });
+}
+
+const macKeys = new Map<string, { salt: Buffer; key: Buffer }>();
+
+/**
+ * The MAC key of a password. Its salt derives from the password, so the key (2048 rounds of the
+ * PKCS#12 KDF, ~5 ms of event loop) is computed once per password instead of twice per volume and
+ * snapshot; the password is public, so a per-file salt would protect nothing. Volumes use few
+ * distinct passwords (most the default), so the cache stays small.
+ */
+function macKeyFor(password: string): { salt: Buffer; key: Buffer } {
+  let entry = macKeys.get(password);
+  if (!entry) {
+    const salt = saltFor("mac", Buffer.from(password, "utf8"));
+    entry = { salt, key: pkcs12Kdf(password, salt, 3, iterations) };
+    if (macKeys.size >= 64) macKeys.clear();
+    macKeys.set(password, entry);
+  }
+  return entry;
 }
 
 /**
