@@ -7,11 +7,16 @@ export type AgentProblem =
   | { kind: "no-entry"; detail: string }
   | { kind: "stream-failed"; detail: string };
 
-export function classifyAgentError(error: unknown, adminSocketPath: string): AgentProblem {
+/**
+ * `call` tells what failed. SPIRE answers with the same PermissionDenied "no identity issued" when
+ * the driver itself has no entry (any call) and when no entry matches the pod's selectors (only
+ * FetchJWTSVIDs: a subscription for such a pod gets an empty set). The driver fetches JWT-SVIDs
+ * only after the pod's X.509 stream delivered, which proves the driver authorized, so on a JWT
+ * fetch that text means the pod has no entry.
+ */
+export function classifyAgentError(error: unknown, adminSocketPath: string, call: "subscribe" | "fetch-jwt" = "subscribe"): AgentProblem {
   const connectError = ConnectError.from(error);
-  // SPIRE answers a fetch for selectors no entry matches with PermissionDenied "no identity
-  // issued": that says nothing about the driver's own authorization.
-  if (connectError.code === Code.PermissionDenied && /no identity issued/i.test(connectError.rawMessage)) {
+  if (call === "fetch-jwt" && connectError.code === Code.PermissionDenied && /no identity issued/i.test(connectError.rawMessage)) {
     return {
       kind: "no-entry",
       detail: `no entry matches this pod (the SPIRE agent issued no identity: ${connectError.rawMessage}); register an entry for the pod's selectors`,

@@ -69,7 +69,7 @@ export class JwtRefresher {
       let delayMs: number;
       if (problem) {
         options.onRetry?.();
-        const classified = problem.error instanceof Error && !("code" in problem.error) ? undefined : classifyAgentError(problem.error, options.adminSocketPath);
+        const classified = problem.error instanceof Error && !("code" in problem.error) ? undefined : classifyAgentError(problem.error, options.adminSocketPath, "fetch-jwt");
         delayMs = classified?.kind === "no-entry" ? Math.max(noEntryRetryMinMs, backoff.next()) : backoff.next();
         const detail = classified?.detail ?? (problem.error as Error).message;
         options.logger.warn({ audience: problem.audience, retryInMs: delayMs, detail }, "fetching a JWT-SVID failed; the previous token stays");

@@ -66,12 +66,16 @@ test("readiness notices an agent that stops answering calls while its streams st
   await until(200);
 });
 
-test("the agent's 'no identity issued' reads as no entry for the pod, not as the driver's authorization", () => {
-  const problem = classifyAgentError(new ConnectError("no identity issued", Code.PermissionDenied), "/run/spire/admin.sock");
+test("the agent's 'no identity issued' on a JWT fetch reads as no entry for the pod; on a subscription, as the driver's authorization", () => {
+  const problem = classifyAgentError(new ConnectError("no identity issued", Code.PermissionDenied), "/run/spire/admin.sock", "fetch-jwt");
   assert.equal(problem.kind, "no-entry");
   assert.match(problem.detail, /^no entry matches this pod/);
   assert.doesNotMatch(problem.detail, /authorized_delegates/);
-  const refused = classifyAgentError(new ConnectError("caller not authorized", Code.PermissionDenied), "/run/spire/admin.sock");
+  // The same text on a subscription: the driver itself has no entry (a pod without one gets an empty set).
+  const unregistered = classifyAgentError(new ConnectError("no identity issued", Code.PermissionDenied), "/run/spire/admin.sock");
+  assert.equal(unregistered.kind, "not-authorized");
+  assert.match(unregistered.detail, /authorized_delegates/);
+  const refused = classifyAgentError(new ConnectError("caller not configured as an authorized delegate", Code.PermissionDenied), "/run/spire/admin.sock", "fetch-jwt");
   assert.equal(refused.kind, "not-authorized");
   assert.match(refused.detail, /authorized_delegates/);
 });
