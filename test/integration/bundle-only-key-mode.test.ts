@@ -79,7 +79,7 @@ describe("bundle-only volumes and csi.spire.io/key-mode", () => {
     }
   });
 
-  test("a record whose key-mode breaks the publish rules is not re-adopted", async () => {
+  test("a record whose key-mode breaks the publish rules is quarantined, not re-adopted", async () => {
     const volume = await fx.kubelet.publish(pod, "km3", { "csi.spire.io/fs-group": "3000", "csi.spire.io/key-mode": "0640" });
     await fx.driver.stop("SIGTERM");
     const recordPath = join(fx.metadataDir, `${volume.volumeId}.json`);
@@ -88,8 +88,10 @@ describe("bundle-only volumes and csi.spire.io/key-mode", () => {
     await writeFile(recordPath, JSON.stringify(record), { mode: 0o600 });
     const mark = fx.driver.logs.length;
     await fx.driver.start();
-    const refused = await fx.driver.waitForLog((line) => line.volumeId === volume.volumeId && line.msg === "cannot re-adopt volume; leaving its record for the next start", 10_000, mark);
+    const refused = await fx.driver.waitForLog((line) => line.file === `${volume.volumeId}.json` && line.msg === "quarantined an unusable volume record", 10_000, mark);
     assert.match(String(refused.reason), /key-mode\]: 0644 grants more than 0640/);
+    const adoption = await fx.driver.waitForLog((line) => line.msg === "re-adopted recorded volumes", 10_000, mark);
+    assert.equal(adoption.adopted, 0);
     assert.equal(await modeOf(join(volume.targetPath, "tls.key")), 0o640, "the files on disk were not rewritten with the widened mode");
     await fx.kubelet.unpublish(volume);
   });
