@@ -4,7 +4,7 @@
 # the clone keyed by version (bin/<name>-<version>), so a fresh clone on the same machine reuses
 # them. Usage: build-peers.sh [peer...] (default: SPIRE, csi-sanity, spiffe-helper; `kubernetes` builds
 # kube-apiserver, kube-controller-manager, kube-scheduler, kubelet and kubectl for the real-node suite;
-# `promtool` builds Prometheus's rule checker for the chart's alert tests). Progress goes to stderr; the bin
+# `promtool` builds Prometheus's rule checker for the chart's alert tests; `helm` builds helm v3). Progress goes to stderr; the bin
 # directory is the last line of stdout. Env: SPIRE_CSI_PEER_CACHE overrides the cache root.
 set -euo pipefail
 
@@ -17,6 +17,7 @@ SPIFFE_HELPER_VERSION="${SPIFFE_HELPER_VERSION:-v0.11.0}"
 # suite (a DaemonSet needs its controller and the scheduler to get a pod; 1.34 is the newest kubelet that runs
 # on cgroup v1 without failCgroupV1: false; see docs/real-node.md).
 KUBERNETES_VERSION="${KUBERNETES_VERSION:-v1.34.4}"
+HELM_VERSION="${HELM_VERSION:-v3.22.0}"
 # promtool for `promtool check rules` / `promtool test rules` on the chart's PrometheusRule. The
 # Prometheus module tags v3.x releases as v0.3xx.y: v0.310.0 is Prometheus v3.10.0.
 PROMETHEUS_MODULE_VERSION="${PROMETHEUS_MODULE_VERSION:-v0.310.0}"
@@ -142,6 +143,34 @@ install_kubernetes() {
   say "kubernetes $version built in $((SECONDS - started)) s"
 }
 
+# helm v3 (chart tests, real-node suite) is built inside its own module, like its Makefile does:
+# the default Kubernetes version (.Capabilities, the chart's kubeVersion) is client-go's v0.X ->
+# 1.X; without those ldflags helm assumes v1.20.
+install_helm() {
+  local version="$HELM_VERSION" target="$bin_dir/helm-$HELM_VERSION" lock_fd
+  if [ -x "$target" ]; then say "helm $version cached at $target"; return; fi
+  require_go "helm $version"
+  mkdir -p "$cache_root/build"
+  exec {lock_fd}>"$cache_root/build/helm-$version.lock"
+  flock "$lock_fd"
+  if [ -x "$target" ]; then exec {lock_fd}>&-; return; fi
+  say "building helm $version (cold: a few minutes)"
+  local dir
+  dir="$(go mod download -json "helm.sh/helm/v3@$version" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')"
+  if [ -z "$dir" ] || [ ! -d "$dir" ]; then say "FAILED to download helm.sh/helm/v3@$version"; exit 1; fi
+  local k8s_minor ldflags pkg
+  k8s_minor="$(cd "$dir" && go list -m -f '{{.Version}}' k8s.io/client-go | cut -d. -f2)"
+  ldflags="-s -w -X helm.sh/helm/v3/internal/version.version=$version"
+  for pkg in helm.sh/helm/v3/pkg/lint/rules helm.sh/helm/v3/pkg/chartutil; do
+    ldflags="$ldflags -X $pkg.k8sVersionMajor=1 -X $pkg.k8sVersionMinor=$k8s_minor"
+  done
+  if ! (cd "$dir" && CGO_ENABLED=0 go build -trimpath -ldflags "$ldflags" -o "$target.partial.$$" ./cmd/helm >&2); then
+    rm -f "$target.partial.$$"; say "FAILED to build helm $version"; exit 1
+  fi
+  mv "$target.partial.$$" "$target"
+  exec {lock_fd}>&-
+}
+
 # SPIRE v1.15.3 requires ejbca-go-client-sdk v1.1.0, whose zip the module proxy refuses (403); v1.0.2
 # is served and has the API SPIRE's (unused here) EJBCA upstream-authority plugin compiles against.
 # All SPIRE code stays v1.15.3 (`go version -m <binary>` shows the replacement).
@@ -164,7 +193,8 @@ for peer in $want; do
     spiffe-helper) PEER_LDFLAGS="$helper_ldflags" install_peer spiffe-helper "$SPIFFE_HELPER_VERSION" 0 github.com/spiffe/spiffe-helper github.com/spiffe/spiffe-helper/cmd/spiffe-helper ;;
     kubernetes) install_kubernetes ;;
     promtool) PEER_LDFLAGS="$promtool_ldflags" install_peer promtool "$PROMETHEUS_MODULE_VERSION" 0 github.com/prometheus/prometheus github.com/prometheus/prometheus/cmd/promtool ;;
-    *) say "unknown peer '$peer' (known: spire-server spire-agent csi-sanity spiffe-helper kubernetes promtool)"; exit 2 ;;
+    helm) install_helm ;;
+    *) say "unknown peer '$peer' (known: spire-server spire-agent csi-sanity spiffe-helper kubernetes promtool helm)"; exit 2 ;;
   esac
 done
 echo "$bin_dir"

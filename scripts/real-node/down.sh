@@ -9,17 +9,6 @@ here="$(cd "$(dirname "$0")" && pwd)"
 dir="$(realpath -m "${1:?usage: down.sh DIR}")"
 . "$here/lib.sh"
 
-# stop NAME: SIGTERM to its process group, SIGKILL after 10 s.
-stop() {
-  local pid
-  pid="$(awk -v n="$1" '$1 == n {print $2}' "$dir/pids" 2>/dev/null | tail -n 1)"
-  [ -n "$pid" ] || return 0
-  kill -TERM -- "-$pid" 2>/dev/null || return 0
-  for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
-  kill -KILL -- "-$pid" 2>/dev/null
-  sleep 0.2
-}
-
 stop kubelet
 if [ -S "$containerd_socket" ]; then
   c() { ctr --address "$containerd_socket" -n k8s.io "$@"; }
@@ -47,6 +36,15 @@ fi
 for hook in OUTPUT FORWARD; do while iptables -D "$hook" -j "$chain" 2>/dev/null; do :; done; done
 iptables -F "$chain" 2>/dev/null && iptables -X "$chain" 2>/dev/null
 while iptables -D INPUT -s "$pod_subnet" ! -i "$bridge" -j DROP 2>/dev/null; do :; done
+# Chains made while the node was up (kubelet's): the rules jumping to them, then the chains.
+if [ -f "$dir/iptables-before" ]; then
+  iptables_chains | grep -vxF -f "$dir/iptables-before" | while read -r cmd table name; do
+    "$cmd" -t "$table" -S 2>/dev/null | grep -E -- "-j $name( |\$)" | grep -v "^-A $name " | sed 's/^-A /-D /' |
+      while read -r rule; do eval "\"$cmd\" -t \"$table\" $rule" 2>/dev/null; done
+    "$cmd" -t "$table" -F "$name" 2>/dev/null
+    "$cmd" -t "$table" -X "$name" 2>/dev/null
+  done
+fi
 [ -f "$dir/bridge-created" ] && ip link delete "$bridge" 2>/dev/null
 
 if [ "$(cat "$real_node_claim/dir" 2>/dev/null)" = "$dir" ]; then rm -rf "$real_node_claim"; fi

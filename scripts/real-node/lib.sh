@@ -25,3 +25,39 @@ ensure_packages() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}" >&2 ||
     { apt-get update >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}" >&2; }
 }
+
+# iptables_chains: "<command> <table> <chain>" for every user chain, IPv4 and IPv6.
+iptables_chains() {
+  local cmd table
+  for cmd in iptables ip6tables; do
+    command -v "$cmd" >/dev/null 2>&1 || continue
+    for table in filter nat mangle; do
+      "$cmd" -t "$table" -S 2>/dev/null | awk -v c="$cmd" -v t="$table" '$1 == "-N" {print c, t, $2}'
+    done
+  done
+}
+
+# start NAME COMMAND...: in its own process group, output appended to DIR/NAME.log, PID in DIR/pids.
+start() {
+  local name="$1"
+  shift
+  setsid "$@" >>"$dir/$name.log" 2>&1 </dev/null &
+  echo "$name $!" >>"$dir/pids"
+}
+
+# start_kubelet KUBELET_BINARY NODE_NAME
+start_kubelet() {
+  start kubelet "$1" --config "$dir/kubelet.yaml" --kubeconfig "$dir/kubelet.kubeconfig" \
+    --root-dir "$kubelet_root" --hostname-override "$2" --v=2
+}
+
+# stop NAME: SIGTERM to its process group (the last one started under NAME), SIGKILL after 10 s.
+stop() {
+  local pid
+  pid="$(awk -v n="$1" '$1 == n {print $2}' "$dir/pids" 2>/dev/null | tail -n 1)"
+  [ -n "$pid" ] || return 0
+  kill -TERM -- "-$pid" 2>/dev/null || return 0
+  for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
+  kill -KILL -- "-$pid" 2>/dev/null
+  sleep 0.2
+}

@@ -20,6 +20,8 @@ mkdir "$real_node_claim" 2>/dev/null ||
   fail "a real node is already up on this machine ($(cat "$real_node_claim/dir" 2>/dev/null)); down.sh DIR tears it down"
 echo "$dir" >"$real_node_claim/dir"
 ls /run/netns 2>/dev/null >"$dir/netns-before" || :
+# kubelet adds chains of its own (KUBE-FIREWALL, KUBE-KUBELET-CANARY): down.sh removes the new ones.
+iptables_chains >"$dir/iptables-before"
 
 ensure_packages containerd runc etcd:etcd-server ctr:containerd busybox:busybox-static openssl \
   /usr/lib/cni/bridge:containernetworking-plugins iptables skopeo buildah
@@ -99,13 +101,6 @@ kubeconfig kubeconfig admin
 kubeconfig kubelet.kubeconfig kubelet-client
 
 : >"$dir/pids"
-# start NAME COMMAND...: in its own process group, output in DIR/NAME.log
-start() {
-  local name="$1"
-  shift
-  setsid "$@" >"$dir/$name.log" 2>&1 </dev/null &
-  echo "$name $!" >>"$dir/pids"
-}
 # wait_for WHAT SECONDS COMMAND...
 wait_for() {
   local what="$1" seconds="$2"
@@ -216,8 +211,7 @@ imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 serializeImagePulls: false
 EOF
-start kubelet "$bin/kubelet-$v" --config "$dir/kubelet.yaml" --kubeconfig "$dir/kubelet.kubeconfig" \
-  --root-dir "$kubelet_root" --hostname-override "$node_name" --v=2
+start_kubelet "$bin/kubelet-$v" "$node_name"
 wait_for "node $node_name Ready" 120 sh -c "'$bin/kubectl-$v' --kubeconfig '$dir/kubeconfig' get node '$node_name' -o jsonpath='{.status.conditions[?(@.type==\"Ready\")].status}' | grep -qx True"
 wait_for "ServiceAccount default/default" 60 k -n default get serviceaccount default
 wait_for "ConfigMap default/kube-root-ca.crt" 60 k -n default get configmap kube-root-ca.crt
@@ -226,6 +220,7 @@ cat >"$dir/env" <<EOF
 REAL_NODE_DIR=$dir
 KUBECONFIG=$dir/kubeconfig
 KUBECTL=$bin/kubectl-$v
+KUBELET=$bin/kubelet-$v
 NODE_NAME=$node_name
 KUBELET_ROOT=$kubelet_root
 CONTAINERD_SOCKET=$containerd_socket

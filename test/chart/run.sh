@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
 # Chart tests for charts/spire-csi-driver.
 #
-# - builds helm v3 (helm.sh/helm/v3, cmd/helm) with Go into the peer cache outside the clone
-#   (like scripts/build-peers.sh), with the release ldflags so its default Kubernetes version is
-#   the one its client-go was built for;
+# - builds helm v3 with scripts/build-peers.sh helm (peer cache outside the clone, release ldflags
+#   so its default Kubernetes version is the one its client-go was built for);
 # - `helm lint --strict` and `helm template` with the default values, test/chart/values-custom.yaml
 #   and test/chart/values-no-metrics.yaml;
 # - decodes every rendered object strictly against the Kubernetes API types (Go checker in
@@ -43,31 +42,11 @@ fi
 mkdir -p "$bin_dir"
 
 # --- helm -----------------------------------------------------------------------------------
-# `go install helm.sh/helm/v3/cmd/helm@version` asks the proxy for the version list, which the
-# proxy here refuses; download the exact module and build inside it instead.
+# Built by scripts/build-peers.sh into the peer cache outside the clone (shared with test:node).
 helm="$bin_dir/helm-$HELM_VERSION"
-if [ ! -x "$helm" ]; then
-  say "building helm $HELM_VERSION into $bin_dir (cold: a few minutes)"
-  dir="$(go mod download -json "helm.sh/helm/v3@$HELM_VERSION" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')"
-  if [ -z "$dir" ] || [ ! -d "$dir" ]; then
-    fail "download helm.sh/helm/v3@$HELM_VERSION through the Go module proxy"
-    finish
-  fi
-  # What helm's Makefile does: the default Kubernetes version (for .Capabilities and the chart's
-  # kubeVersion) is client-go's v0.X -> 1.X; without it, helm assumes v1.20.
-  k8s_minor="$(cd "$dir" && go list -m -f '{{.Version}}' k8s.io/client-go | cut -d. -f2)"
-  ldflags="-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
-  for pkg in helm.sh/helm/v3/pkg/lint/rules helm.sh/helm/v3/pkg/chartutil; do
-    ldflags="$ldflags -X $pkg.k8sVersionMajor=1 -X $pkg.k8sVersionMinor=$k8s_minor"
-  done
-  tmp="$helm.partial.$$"
-  if (cd "$dir" && CGO_ENABLED=0 go build -trimpath -ldflags "$ldflags" -o "$tmp" ./cmd/helm >&2); then
-    mv "$tmp" "$helm"
-  else
-    rm -f "$tmp"
-    fail "build helm $HELM_VERSION"
-    finish
-  fi
+if ! HELM_VERSION="$HELM_VERSION" bash scripts/build-peers.sh helm >/dev/null; then
+  fail "build helm $HELM_VERSION (scripts/build-peers.sh helm)"
+  finish
 fi
 pass "helm $("$helm" version --template '{{.Version}}')"
 

@@ -1,0 +1,202 @@
+import { execFile, spawn } from "node:child_process";
+import { performance } from "node:perf_hooks";
+import { mkdtemp, readFile, rm } from "node:fs/promises";
+import { join } from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
+import { fileURLToPath } from "node:url";
+import { promisify } from "node:util";
+import { startSpire, type SpireFixture } from "../../support/spire-fixture.js";
+
+const run = promisify(execFile);
+const repoRoot = fileURLToPath(new URL("../../..", import.meta.url));
+const imageRepository = "ghcr.io/spire-csi-driver/spire-csi-driver";
+export const namespace = "spire-system";
+export const release = "spire-csi-driver";
+export const chartPath = join(repoRoot, "charts/spire-csi-driver");
+
+/** Runs a command; on failure the error carries its stderr. */
+async function sh(file: string, args: string[], options: { input?: string; timeoutMs?: number; env?: NodeJS.ProcessEnv } = {}): Promise<string> {
+  const child = run(file, args, { maxBuffer: 64 * 1024 * 1024, timeout: options.timeoutMs ?? 120_000, env: options.env ?? process.env });
+  if (options.input !== undefined) {
+    child.child.stdin!.end(options.input);
+  }
+  try {
+    return (await child).stdout;
+  } catch (error) {
+    const failed = error as Error & { stderr?: string; stdout?: string };
+    throw new Error(`${file} ${args.join(" ")} failed: ${failed.message}\n${failed.stderr ?? ""}`);
+  }
+}
+
+/** Polls `check` until it returns a value other than undefined; throws with `what` and the last error. */
+export async function waitFor<T>(what: string, timeoutMs: number, check: () => Promise<T | undefined>): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  let last = "";
+  for (;;) {
+    try {
+      const value = await check();
+      if (value !== undefined) return value;
+    } catch (error) {
+      last = (error as Error).message;
+    }
+    if (Date.now() > deadline) throw new Error(`${what}: not within ${timeoutMs} ms${last ? ` (last error: ${last})` : ""}`);
+    await sleep(500);
+  }
+}
+
+interface NodeEnv {
+  KUBECONFIG: string;
+  KUBECTL: string;
+  NODE_NAME: string;
+  KUBELET_ROOT: string;
+  CONTAINERD_SOCKET: string;
+}
+
+/**
+ * A real single-node Kubernetes (scripts/real-node/up.sh) with the driver image built from the
+ * Dockerfile (scripts/image/build.sh, two tags for upgrades), imported into containerd, a real
+ * SPIRE v1.15.3 server and agent on the host (admin socket with authorized_delegates, the driver
+ * registered as delegate), and the chart installed with helm.
+ */
+export class RealNode {
+  readonly metadataDir: string;
+  private helmBin = "";
+  private env!: NodeEnv;
+
+  private constructor(
+    readonly dir: string,
+    readonly spire: SpireFixture,
+  ) {
+    this.metadataDir = join(dir, "driver-metadata");
+  }
+
+  static readonly tags = ["node-test-1", "node-test-2"] as const;
+
+  static async start(): Promise<RealNode> {
+    const dir = await mkdtemp("/tmp/spire-csi-node-");
+    const peers = (await sh("bash", [join(repoRoot, "scripts/build-peers.sh"), "helm", "spire-server", "spire-agent"], { timeoutMs: 30 * 60_000 })).trim().split("\n").pop()!;
+    for (const tag of RealNode.tags) {
+      await sh("bash", [join(repoRoot, "scripts/image/build.sh"), `${imageRepository}:${tag}`, join(dir, `${tag}.tar`)], { timeoutMs: 20 * 60_000 });
+    }
+    // The SPIRE agent first: its admin socket dir is the chart's agent.adminSocketDir.
+    const spire = await startSpire();
+    const node = new RealNode(dir, spire);
+    node.helmBin = join(peers, "helm-v3.22.0");
+    try {
+      await sh("bash", [join(repoRoot, "scripts/real-node/up.sh"), join(dir, "node")], { timeoutMs: 40 * 60_000 });
+      const envText = await readFile(join(dir, "node", "env"), "utf8");
+      node.env = Object.fromEntries(envText.trim().split("\n").map((line) => line.split(/=(.*)/s).slice(0, 2))) as unknown as NodeEnv;
+      for (const tag of RealNode.tags) {
+        await sh("ctr", ["--address", node.env.CONTAINERD_SOCKET, "-n", "k8s.io", "images", "import", join(dir, `${tag}.tar`)], { timeoutMs: 300_000 });
+      }
+      // The driver in its container is uid 0 on the host (no user namespace): the unix attestor's view.
+      await spire.registerDelegate(0);
+      await node.helm(["install", release, chartPath, "--namespace", namespace, "--create-namespace", ...node.values(RealNode.tags[0]), "--wait", "--timeout", "180s"]);
+    } catch (error) {
+      await node.stop();
+      throw error;
+    }
+    return node;
+  }
+
+  get nodeName(): string {
+    return this.env.NODE_NAME;
+  }
+
+  get kubeletRoot(): string {
+    return this.env.KUBELET_ROOT;
+  }
+
+  /** The values an operator sets for this node (image tag, kubelet root, agent admin socket dir). */
+  values(tag: string): string[] {
+    return [
+      "--set", `image.tag=${tag}`,
+      "--set", `kubeletRoot=${this.env.KUBELET_ROOT}`,
+      "--set", `metadataDir=${this.metadataDir}`,
+      "--set", `agent.adminSocketDir=${join(this.spire.dir, "admin")}`,
+      "--set", "agent.adminSocketName=admin.sock",
+      "--set", `spire.delegateSpiffeId=${this.spire.delegateId}`,
+      // Until the chart's single-container DaemonSet lands: see chart-post-renderer.py.
+      "--post-renderer", join(repoRoot, "test/node/support/chart-post-renderer.py"),
+    ];
+  }
+
+  helm(args: string[]): Promise<string> {
+    return sh(this.helmBin, args, { env: { ...process.env, KUBECONFIG: this.env.KUBECONFIG }, timeoutMs: 300_000 });
+  }
+
+  kubectl(args: string[], input?: string): Promise<string> {
+    return sh(this.env.KUBECTL, ["--kubeconfig", this.env.KUBECONFIG, ...args], { input, timeoutMs: 120_000 });
+  }
+
+  async json<T>(args: string[]): Promise<T> {
+    return JSON.parse(await this.kubectl([...args, "-o", "json"])) as T;
+  }
+
+  /** `kubectl exec` in the pod's first container; returns stdout. */
+  exec(pod: string, command: string[], ns = "default"): Promise<string> {
+    return this.kubectl(["-n", ns, "exec", pod, "--", ...command]);
+  }
+
+  /** An image label as buildah reads it from containers-storage. */
+  async imageLabel(tag: string, label: string): Promise<string> {
+    return (await sh("buildah", ["inspect", "--type", "image", "--format", `{{index .OCIv1.Config.Labels "${label}"}}`, `${imageRepository}:${tag}`])).trim();
+  }
+
+  /**
+   * Creates the pods (JSON manifests) in one apply, labelled test=real-node-start, and returns for
+   * each the milliseconds from just before the apply until a watch sees it in phase Running.
+   */
+  async timeToRunning(manifests: string[]): Promise<number[]> {
+    const pods = manifests.map((text) => {
+      const pod = JSON.parse(text) as { metadata: { name: string; labels?: Record<string, string> } };
+      pod.metadata.labels = { test: "real-node-start" };
+      return pod;
+    });
+    const pending = new Set(pods.map((pod) => pod.metadata.name));
+    const times = new Map<string, number>();
+    const watch = spawn(this.env.KUBECTL, ["--kubeconfig", this.env.KUBECONFIG, "-n", "default", "get", "pods", "-l", "test=real-node-start", "--watch", "--no-headers", "-o", "custom-columns=N:.metadata.name,P:.status.phase"], { stdio: ["ignore", "pipe", "inherit"] });
+    let started = 0;
+    const allRunning = new Promise<void>((resolve, reject) => {
+      let buffered = "";
+      watch.stdout.on("data", (chunk: Buffer) => {
+        buffered += chunk.toString();
+        const lines = buffered.split("\n");
+        buffered = lines.pop()!;
+        for (const line of lines) {
+          const [name, phase] = line.trim().split(/\s+/);
+          if (started && name && phase === "Running" && pending.delete(name)) times.set(name, performance.now() - started);
+        }
+        if (pending.size === 0) resolve();
+      });
+      watch.once("exit", () => reject(new Error(`kubectl watch exited with ${pending.size} pods not seen Running`)));
+    });
+    try {
+      // The watch lists what exists first; give it that moment before the pods are created.
+      await sleep(1000);
+      started = performance.now();
+      await this.kubectl(["apply", "-f", "-"], JSON.stringify({ apiVersion: "v1", kind: "List", items: pods }));
+      let timer: NodeJS.Timeout | undefined;
+      const timeout = new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new Error(`pods not Running within 300 s: ${[...pending].join(", ")}`)), 300_000);
+      });
+      await Promise.race([allRunning, timeout]).finally(() => clearTimeout(timer));
+    } finally {
+      watch.kill();
+    }
+    return pods.map((pod) => times.get(pod.metadata.name)!);
+  }
+
+  /** Restarts kubelet with the same command line (down.sh finds it by the pids file). */
+  async restartKubelet(): Promise<void> {
+    await sh("bash", [join(repoRoot, "scripts/real-node/restart-kubelet.sh"), join(this.dir, "node")], { timeoutMs: 180_000 });
+  }
+
+  /** Tears everything down: the release, the node (mounts, netns, iptables, processes), SPIRE. */
+  async stop(): Promise<void> {
+    if (this.env) await this.helm(["uninstall", release, "--namespace", namespace, "--wait", "--timeout", "60s"]).catch(() => undefined);
+    await sh("bash", [join(repoRoot, "scripts/real-node/down.sh"), join(this.dir, "node")], { timeoutMs: 180_000 }).catch((error) => console.error(error));
+    await this.spire.stop();
+    await rm(this.dir, { recursive: true, force: true });
+  }
+}
