@@ -227,6 +227,8 @@ describe("real node: image, chart, kubelet, SPIRE", { timeout: 60 * 60_000 }, ()
     const web = await node.json<PodStatus>(["-n", "default", "get", "pod", "web"]);
     const serial = (await identityInside("web")).serialNumber;
     await node.restartKubelet();
+    // The API still says Running from before the restart; exec works once kubelet has the pod again.
+    await waitFor("kubelet serves exec in web again", 120_000, async () => ((await node.exec("web", ["true"])) === "" ? true : undefined));
     await waitRunning("web");
     assert.equal((await hostMountsOf(web.metadata.uid)).length, 1);
     await waitNewSerial("web", serial);
