@@ -18,6 +18,7 @@ import {
 } from "node:fs";
 import { readdir, rm } from "node:fs/promises";
 import { join } from "node:path";
+import { crashTestPause, crashTestPauseEnabled } from "../crash-test-pause.js";
 import type { SnapshotFile } from "./snapshot-file.js";
 
 /** The symlink whose rename publishes a snapshot, as in Kubernetes' AtomicWriter. */
@@ -73,6 +74,7 @@ export async function writeSnapshot(targetDir: string, files: readonly SnapshotF
       } finally {
         closeSync(fd);
       }
+      if (crashTestPauseEnabled("first-write") && readLinkOrUndefined(join(targetDir, dataLink)) === undefined) await crashTestPause("first-write", targetDir);
     }
   } catch (error) {
     // Free the space (a full tmpfs) and leave the published snapshot untouched.

@@ -1,6 +1,7 @@
 import { access } from "node:fs/promises";
 import type { Logger } from "pino";
 import type { MetadataStore, VolumeRecord } from "@spire-csi-driver/metadata-store";
+import { crashTestPause, crashTestPauseEnabled } from "../crash-test-pause.js";
 import { DriverError } from "../errors.js";
 import { hasSnapshot } from "../files/atomic-snapshot.js";
 import { placeOfTarget, requireUnderPods, type KubeletPaths } from "../files/kubelet-paths.js";
@@ -158,9 +159,11 @@ export class VolumeManager {
     // returns. The mount runner kills a mount at the deadline; an fsync cannot be cancelled, so the
     // record write goes on in the background (in order with this volume's later record writes).
     const deadline = performance.now() + this.options.publishTimeoutMs;
+    const recordWritten = within(this.options.store.put(toRecord(spec)), this.options.publishTimeoutMs, `writing the record of ${spec.volumeId}`);
+    const mountAllowed = crashTestPauseEnabled("record-written") ? recordWritten.then(() => crashTestPause("record-written", spec.targetPath)) : undefined;
     const targetReady = Promise.allSettled([
-      within(this.options.store.put(toRecord(spec)), this.options.publishTimeoutMs, `writing the record of ${spec.volumeId}`),
-      prepareTarget(spec.targetPath, this.options.backing, spec.fsGroup, undefined, spec.seLinuxContext, this.options.publishTimeoutMs),
+      recordWritten,
+      (mountAllowed ?? Promise.resolve()).then(() => prepareTarget(spec.targetPath, this.options.backing, spec.fsGroup, undefined, spec.seLinuxContext, this.options.publishTimeoutMs)),
     ]).then(([recorded, prepared]): PreparedTarget => {
       if (recorded.status === "rejected") throw recorded.reason;
       if (prepared.status === "rejected") throw prepared.reason;

@@ -1,3 +1,4 @@
+import { crashTestPause, crashTestPauseEnabled } from "../crash-test-pause.js";
 import { createHash } from "node:crypto";
 import type { Logger } from "pino";
 import type { AgentClient } from "../spire/agent-client.js";
@@ -288,6 +289,7 @@ export class Volume {
         continue;
       }
       try {
+        if (crashTestPauseEnabled("mounted") && this.state.phase === "publishing") await crashTestPause("mounted", this.spec.targetPath);
         await writeSnapshot(this.spec.targetPath, files, { gid: this.spec.fsGroup, secretMode: this.spec.attributes.keyMode });
       } catch (error) {
         const reason = (error as NodeJS.ErrnoException).code ?? (error as Error).message;

@@ -36,6 +36,8 @@ export interface DriverProcessOptions {
   nodeFlags?: string[];
   /** The driver's TMPDIR (its mount batches' fstab files), so a killed driver leaves nothing elsewhere. */
   tmpDir?: string;
+  /** Extra environment for the driver, e.g. SPIRE_CSI_CRASH_TEST_PAUSE (read at each start). */
+  env?: Record<string, string>;
   /** A dir put first on the driver's PATH, e.g. with a mount(8) that hangs. */
   pathPrefix?: string;
   extraArgs?: string[];
@@ -103,6 +105,7 @@ export class DriverProcess {
       ...process.env,
       ...(options.tmpDir === undefined ? {} : { TMPDIR: options.tmpDir }),
       ...(options.pathPrefix === undefined ? {} : { PATH: `${options.pathPrefix}:${process.env.PATH ?? "/usr/sbin:/usr/bin:/sbin:/bin"}` }),
+      ...options.env,
     };
     const [command, commandArgs] =
       options.umask === undefined ? [process.execPath, args] : ["/bin/sh", ["-c", `umask ${options.umask} && exec "$0" "$@"`, process.execPath, ...args]];

@@ -41,6 +41,8 @@ export interface PublishOutcome extends PublishedVolume {
   rpc: { startedAt: number; ms: number };
   /** The final error; undefined when the volume was published. */
   error?: ConnectError;
+  /** Which call the final error came from: kubelet's capability check (no publish was sent) or NodePublishVolume. */
+  failedAt?: "capability-check" | "publish";
   /** Why kubelet's cleanup after a final error failed (kubelet only logs it), e.g. files left in the target. */
   cleanupError?: unknown;
 }
@@ -235,7 +237,7 @@ export class KubeletSimulator {
         // An uncertain outcome may have mounted: remember it so unpublishAll() tears it down, as kubelet would.
         if (uncertain) this.published.set(volumeId, volume);
         const rpc = { startedAt: rpcStarted, ms: performance.now() - rpcStarted };
-        return { ...volume, attempts: attempt, rpc, error, ...(cleanupError === undefined ? {} : { cleanupError }) };
+        return { ...volume, attempts: attempt, rpc, error, failedAt: transient ? "capability-check" : "publish", ...(cleanupError === undefined ? {} : { cleanupError }) };
       }
       await sleep(delayMs);
       delayMs = Math.min(delayMs * 2, options.maxDelayMs ?? maxRetryDelayMs);
