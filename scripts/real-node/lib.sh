@@ -12,19 +12,8 @@ apiserver_port=16443
 containerd_socket="$dir/containerd/containerd.sock"
 kubelet_root="$dir/kubelet"
 
-# ensure_packages [COMMAND:]PACKAGE...: apt-get install the Debian packages whose command is missing.
-ensure_packages() {
-  local missing=() spec cmd
-  for spec in "$@"; do
-    cmd="${spec%%:*}"
-    if [ "${cmd#/}" != "$cmd" ]; then [ -e "$cmd" ] && continue; else command -v "$cmd" >/dev/null 2>&1 && continue; fi
-    missing+=("${spec#*:}")
-  done
-  [ "${#missing[@]}" -eq 0 ] && return 0
-  echo "real-node: installing ${missing[*]} (apt-get)" >&2
-  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}" >&2 ||
-    { apt-get update >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}" >&2; }
-}
+# ensure_packages [COMMAND:]PACKAGE...: see scripts/ensure-packages.sh.
+ensure_packages() { bash "$(dirname "${BASH_SOURCE[0]}")/../ensure-packages.sh" "$@"; }
 
 # iptables_chains: "<command> <table> <chain>" for every user chain, IPv4 and IPv6.
 iptables_chains() {

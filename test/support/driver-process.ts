@@ -81,6 +81,7 @@ export class DriverProcess {
 
   async start(): Promise<void> {
     if (this.running) throw new Error("driver already running");
+    const logsBeforeStart = this.logs.length;
     const { options } = this;
     const entry = options.entry === "build" ? [...imageNodeFlags(), join(repoRoot, "dist/src/main.js")] : ["--import", "tsx", join(repoRoot, "src/main.ts")];
     const args = [
@@ -131,15 +132,16 @@ export class DriverProcess {
     };
     child.stdout?.on("data", onData);
     child.stderr?.on("data", onData);
-    await this.waitForSocket();
+    await this.waitForSocket(logsBeforeStart);
   }
 
-  private async waitForSocket(timeoutMs = 30_000): Promise<void> {
+  /** Waits for this start's "driver started" line: one from an earlier run of the same process object does not count. */
+  private async waitForSocket(fromIndex: number, timeoutMs = 30_000): Promise<void> {
     const deadline = Date.now() + timeoutMs;
     while (Date.now() < deadline) {
       if (!this.running) throw new Error(`driver exited during start:\n${this.rawOutput.slice(-20).join("\n")}`);
       // "driver started" comes after the CSI socket and the kubelet registration socket are served.
-      if (this.logs.some((line) => line.msg === "driver started") && (await canConnect(this.options.pluginSocket))) return;
+      if (this.logs.slice(fromIndex).some((line) => line.msg === "driver started") && (await canConnect(this.options.pluginSocket))) return;
       await sleep(50);
     }
     throw new Error(`driver socket ${this.options.pluginSocket} did not come up in ${timeoutMs} ms`);

@@ -116,8 +116,6 @@ export class RealNode {
       "--set", `agent.adminSocketDir=${join(this.spire.dir, "admin")}`,
       "--set", "agent.adminSocketName=admin.sock",
       "--set", `spire.delegateSpiffeId=${this.spire.delegateId}`,
-      // Until the chart's single-container DaemonSet lands: see chart-post-renderer.py.
-      "--post-renderer", join(repoRoot, "test/node/support/chart-post-renderer.py"),
     ];
   }
 
