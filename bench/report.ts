@@ -12,6 +12,8 @@ export interface Footprint {
   marginalBytesPerVolume: number;
   idleCpuPercent: number;
   idleCpuWindowMs: number;
+  /** The same window with the agent stopped: every volume's stream retrying with backoff. */
+  agentDownCpuPercent: number;
 }
 
 export interface BenchResults {
@@ -154,7 +156,7 @@ export function renderMarkdown(results: BenchResults, checks: readonly TargetChe
   for (const [count, rss] of Object.entries(footprint.rssByVolumes)) lines.push(`| ${count} | ${mb(rss)} |`);
   lines.push(
     "",
-    `Marginal: ${kb(footprint.marginalBytesPerVolume)} per volume. Idle CPU with all volumes published, between rotations: ${footprint.idleCpuPercent.toFixed(2)} % of one core over ${(footprint.idleCpuWindowMs / 1000).toFixed(0)} s.`,
+    `Marginal: ${kb(footprint.marginalBytesPerVolume)} per volume. Idle CPU with all volumes published, between rotations: ${footprint.idleCpuPercent.toFixed(2)} % of one core over ${(footprint.idleCpuWindowMs / 1000).toFixed(0)} s. With the agent stopped (every stream resubscribing with backoff), the same window: ${footprint.agentDownCpuPercent.toFixed(2)} % = ${times(footprint.agentDownCpuPercent / footprint.idleCpuPercent)} idle.`,
   );
   lines.push("", "## Side by side with spiffe-helper (real SPIRE agent; one helper process per workload)", "");
   lines.push(

@@ -80,12 +80,18 @@ async function benchFakeAgent(): Promise<BenchResults["fakeAgent"]> {
       marginalBytesPerVolume: (rssByVolumes[volumesAtScale]! - rssIdleBytes) / volumesAtScale,
       idleCpuPercent,
       idleCpuWindowMs: plan.idleCpuWindowMs,
+      agentDownCpuPercent: Number.NaN,
     };
     const targets = node.kubelet.publishedVolumes.map((volume) => volume.targetPath);
     progress(`fake agent: rotation fan-out over ${targets.length} volumes`);
     const rotation = await measureRotationFanout(agent, targets, plan.rotationRounds);
     progress(`fake agent: SIGKILL and restart with ${targets.length} volumes`);
     const restart = await measureRestart(node, targets);
+    progress(`fake agent: CPU over ${plan.idleCpuWindowMs} ms with the agent down and ${volumesAtScale} volumes resubscribing`);
+    await agent.stop();
+    footprint.agentDownCpuPercent = await cpuPercentOver(node.driver.pid!, plan.idleCpuWindowMs);
+    agent = await FakeAgentProcess.start({ socketPath: join(dir, "agent.sock"), trustDomain, svidTtlSeconds: 3600 });
+    await agent.addEntries(pods.map((pod) => ({ id: pod.uid, spiffeId: podSpiffeId(trustDomain, pod), selectors: podEntrySelectors(pod) })));
     await node.close();
     node = undefined;
     progress("fake agent: publish latency with --volume-backing directory (what the tmpfs mount costs)");

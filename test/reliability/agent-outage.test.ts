@@ -1,17 +1,10 @@
 import assert from "node:assert/strict";
-import { readFile } from "node:fs/promises";
 import { after, before, describe, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { readVolumeIdentity } from "../support/identity-files.js";
 import { startDriverFixture, type DriverFixture } from "../integration/driver-fixture.js";
 
 const outageMs = Number(process.env.OUTAGE_MS ?? (process.env.SOAK ? 180_000 : 8_000));
-
-/** CPU seconds (user + system) the process has used so far. */
-async function cpuSeconds(pid: number): Promise<number> {
-  const fields = (await readFile(`/proc/${pid}/stat`, "utf8")).split(") ")[1]!.split(" ");
-  return (Number(fields[11]) + Number(fields[12])) / 100;
-}
 
 describe("agent down for a long time", { timeout: 10 * 60_000 }, () => {
   let fx: DriverFixture;
@@ -21,26 +14,22 @@ describe("agent down for a long time", { timeout: 10 * 60_000 }, () => {
   });
   after(() => fx.close());
 
-  test("files stay, backoff is bounded and resets after success, the driver idles instead of spinning", async () => {
+  test("files stay, backoff is bounded and resets after success (CPU while the agent is down: npm run bench)", async () => {
     const volumes = [];
     for (let i = 0; i < 20; i++) {
       volumes.push(await fx.kubelet.publish({ uid: `0a7a9e00-0000-4000-8000-${String(i).padStart(12, "0")}`, name: `o-${i}`, namespace: "outage", serviceAccount: "o" }, "v"));
     }
     const before = await Promise.all(volumes.map((volume) => readVolumeIdentity(volume.targetPath)));
-    const pid = fx.driver.pid!;
     const mark = fx.driver.logs.length;
     await fx.agent.stop();
-    const cpuStart = await cpuSeconds(pid);
     await sleep(outageMs);
-    const cpuUsed = (await cpuSeconds(pid)) - cpuStart;
     const retries = fx.driver.logs.slice(mark).filter((line) => line.msg === "agent stream down, resubscribing");
     const delays = retries.map((line) => Number(line.delayMs));
-    console.log(`agent-outage: ${outageMs} ms down, 21 streams, ${retries.length} resubscribe attempts, max delay ${Math.max(...delays)} ms, driver CPU ${((cpuUsed / (outageMs / 1000)) * 100).toFixed(2)} % of a core`);
+    console.log(`agent-outage: ${outageMs} ms down, 21 streams, ${retries.length} resubscribe attempts, max delay ${Math.max(...delays)} ms`);
     // Without attempts, or without growth, the bound and the reset below would hold vacuously.
     assert.ok(delays.length >= volumes.length, `every stream retried (${delays.length} attempts)`);
     assert.ok(Math.max(...delays) >= 1000, `the backoff grew towards --reconnect-max (max ${Math.max(...delays)} ms)`);
     assert.ok(delays.every((delay) => delay <= 2000), "delays never exceed --reconnect-max");
-    assert.ok(cpuUsed / (outageMs / 1000) < 0.1, `CPU while the agent is down: ${cpuUsed.toFixed(2)} s over ${outageMs} ms`);
     for (const [i, volume] of volumes.entries()) {
       assert.equal((await readVolumeIdentity(volume.targetPath)).serialNumber, before[i]!.serialNumber, "files stay while the agent is down");
     }

@@ -30,7 +30,7 @@ function results(overrides: { driverP50: number; rssAt250: number; rotationLast:
     fakeAgent: {
       publish,
       publishDirectoryBacking: publish.filter((level) => level.concurrency !== 110),
-      footprint: { rssIdleBytes: 60 * 2 ** 20, rssByVolumes: { 110: 70 * 2 ** 20, 250: overrides.rssAt250 }, marginalBytesPerVolume: (overrides.rssAt250 - 60 * 2 ** 20) / 250, idleCpuPercent: 0, idleCpuWindowMs: 5000 },
+      footprint: { rssIdleBytes: 60 * 2 ** 20, rssByVolumes: { 110: 70 * 2 ** 20, 250: overrides.rssAt250 }, marginalBytesPerVolume: (overrides.rssAt250 - 60 * 2 ** 20) / 250, idleCpuPercent: 0.25, idleCpuWindowMs: 5000, agentDownCpuPercent: 3 },
       rotation: { volumes: 250, driver: flat(overrides.rotationLast), floor: flat(50), driverLastMs: overrides.rotationLast, floorLastMs: 50 },
       restart,
     },
@@ -73,6 +73,7 @@ test("the markdown report has every section and the SVG escapes text", () => {
   for (const heading of ["## Targets", "## Publish latency", "### Where publish time goes", "## Rotation fan-out", "## Restart", "## Memory and CPU", "## Side by side with spiffe-helper"]) {
     assert.ok(markdown.includes(heading), heading);
   }
+  assert.match(markdown, /agent stopped .*: 3\.00 % = 12\.00× idle/, "the agent-down CPU as a ratio of the idle CPU of the same run");
   assert.match(markdown, /\| 50 \| 750\.0 MB \| 70\.0 MB \| 10\.7× \| 15\.0 MB \/ 102 KB \|/);
   const svg = renderSvg(run);
   assert.match(svg, /^<svg xmlns="http:\/\/www\.w3\.org\/2000\/svg"/);
