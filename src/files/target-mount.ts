@@ -1,5 +1,5 @@
 import { lstatSync } from "node:fs";
-import { chmod, chown, lstat, mkdir, statfs } from "node:fs/promises";
+import { chmod, chown, lstat, mkdir, rmdir, statfs } from "node:fs/promises";
 import { dirname } from "node:path";
 import { DriverError, invalidArgument } from "../errors.js";
 import { MountRunner, MountTimeoutError } from "./mount-runner.js";
@@ -127,9 +127,13 @@ async function requireRealDir(path: string, what: string): Promise<void> {
 }
 
 /**
- * Unmounts the target's tmpfs (if any) and removes the driver's files from it. A target that is
- * a symlink (or not a dir) is left alone and reported: unpublish must never follow a link planted
- * at the target to unmount or empty whatever lies behind it.
+ * Unmounts the target's tmpfs (if any), removes the driver's files from it, then the target dir
+ * itself, which the driver created at publish (the CSI spec has the plugin remove it; kubelet
+ * v1.34 tolerates either). A target that is a symlink (or not a dir) is left alone and reported:
+ * unpublish must never follow a link planted at the target to unmount or empty whatever lies
+ * behind it. rmdir(2) neither follows a link nor removes a mount point: a second tmpfs stacked
+ * below the one just unmounted fails it with EBUSY, so kubelet's retried unpublish unmounts that
+ * one too instead of an OK leaving it mounted.
  */
 export async function releaseTarget(targetPath: string, timeoutMs?: number): Promise<"released" | "absent" | "not-a-dir"> {
   const info = await lstat(targetPath).catch((error: NodeJS.ErrnoException) => {
@@ -140,6 +144,9 @@ export async function releaseTarget(targetPath: string, timeoutMs?: number): Pro
   if (!info.isDirectory()) return "not-a-dir";
   if (await isMountPoint(targetPath)) await mountCommands.unmount(targetPath, timeoutMs).catch(rethrowTimeout);
   await clearSnapshots(targetPath);
+  await rmdir(targetPath).catch((error: NodeJS.ErrnoException) => {
+    if (error.code !== "ENOENT") throw error;
+  });
   return "released";
 }
 

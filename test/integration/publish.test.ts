@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { readdir, readFile, stat } from "node:fs/promises";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { readVolumeIdentity } from "../support/identity-files.js";
@@ -79,12 +79,15 @@ describe("publish, rotate, unpublish through the CSI socket", () => {
     for (const volume of volumes) await fx.kubelet.unpublish(volume);
   });
 
-  test("unpublish stops the stream and leaves an empty dir that kubelet's rmdir removes", async () => {
+  test("unpublish stops the stream and removes the target dir it created (CSI spec), leaving kubelet's vol_data.json", async () => {
     const streamsBefore = fx.agent.openX509Streams;
     const volume = await fx.kubelet.publish(api, "gone");
     await fx.agent.waitForStreams(streamsBefore + 1);
+    // The driver's own answer, before the simulator's teardown (kubelet's rmdir) could hide it.
+    await fx.kubelet.node.nodeUnpublishVolume({ volumeId: volume.volumeId, targetPath: volume.targetPath });
+    await assert.rejects(stat(volume.targetPath), { code: "ENOENT" }, "the driver removed the target");
+    assert.deepEqual(await readdir(dirname(volume.targetPath)), ["vol_data.json"], "kubelet's file next to the target is kubelet's to remove");
     await fx.kubelet.unpublish(volume);
-    await assert.rejects(stat(volume.targetPath), { code: "ENOENT" }, "kubelet's plain rmdir succeeded");
     await fx.agent.waitForStreams(streamsBefore);
   });
 
