@@ -2,8 +2,8 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 import { csiSanitySkips, skipGateProblems } from "../../scripts/skip-gate.js";
 
-const expected = csiSanitySkips.skipped;
-const expectedPending = csiSanitySkips.pending;
+const expected: number = csiSanitySkips.skipped;
+const expectedPending: number = csiSanitySkips.pending;
 /** How test/e2e/csi-sanity.test.ts relays ginkgo's summary (one line), as TAP prints a test's console.log. */
 const sanityLine = (ran: number, skipped: number, pending = expectedPending) =>
   `# csi-sanity v5.6.0: Ran ${ran} of ${ran + skipped + pending} Specs in 4.512 seconds SUCCESS! -- ${ran} Passed | 0 Failed | ${pending} Pending | ${skipped} Skipped`;
