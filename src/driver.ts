@@ -99,6 +99,7 @@ export async function runDriver(config: DriverConfig, logger: Logger): Promise<{
       limiter: agentCalls,
       adminSocketPath: config.agentSocket,
       backoff,
+      jwtFetchTimeoutMs: config.jwtFetchTimeoutMs,
       nodeName: config.nodeId,
       trustDomain: config.trustDomain,
       logger,

@@ -114,6 +114,12 @@ export const options = {
     help: "cap on agent calls in flight for the whole driver (X.509 stream opens until the first answer, JWT-SVID fetches); more wait their turn. SPIRE v1.15.3's agent deadlocked at a few hundred concurrent calls",
     schema: z.coerce.number().int("must be a whole number").min(1, "must be at least 1").max(256, "must be at most 256 (the agent deadlocks at a few hundred)"),
   },
+  "jwt-fetch-timeout": {
+    env: "SPIRE_CSI_JWT_FETCH_TIMEOUT",
+    default: "30s",
+    help: "deadline of one FetchJWTSVIDs call; an agent that never answers would otherwise hold one of --max-agent-calls for good and the volume's tokens would never refresh",
+    schema: durationSchema.pipe(z.number().min(100).max(300_000)),
+  },
   "agent-probe-timeout": {
     env: "SPIRE_CSI_AGENT_PROBE_TIMEOUT",
     default: "5s",
@@ -161,6 +167,7 @@ export interface DriverConfig {
   reconnectMinMs: number;
   reconnectMaxMs: number;
   maxAgentCalls: number;
+  jwtFetchTimeoutMs: number;
   agentProbeTimeoutMs: number;
   /** Empty when disabled. */
   healthAddress: string;
@@ -229,6 +236,7 @@ export function loadConfig(argv: readonly string[], env: NodeJS.ProcessEnv): Dri
     reconnectMinMs: value("reconnect-min"),
     reconnectMaxMs: value("reconnect-max"),
     maxAgentCalls: value("max-agent-calls"),
+    jwtFetchTimeoutMs: value("jwt-fetch-timeout"),
     agentProbeTimeoutMs: value("agent-probe-timeout"),
     healthAddress: value("health-address"),
     metricsAddress: value("metrics-address"),

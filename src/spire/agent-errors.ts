@@ -37,5 +37,6 @@ export function classifyAgentError(error: unknown, adminSocketPath: string, call
       detail: `the SPIRE agent admin socket ${adminSocketPath} is not answering (${cause})`,
     };
   }
-  return { kind: "stream-failed", detail: `agent stream failed: [${Code[connectError.code]}] ${connectError.rawMessage}` };
+  const failed = call === "fetch-jwt" ? "FetchJWTSVIDs failed" : "agent stream failed";
+  return { kind: "stream-failed", detail: `${failed}: [${Code[connectError.code]}] ${connectError.rawMessage}` };
 }

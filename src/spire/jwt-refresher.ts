@@ -1,3 +1,4 @@
+import { Code, ConnectError } from "@connectrpc/connect";
 import type { Logger } from "pino";
 import type { AgentClient } from "./agent-client.js";
 import type { AgentAvailability } from "./agent-availability.js";
@@ -15,6 +16,8 @@ export interface JwtRefresherOptions {
   limiter: AgentCallLimiter;
   adminSocketPath: string;
   backoff: BackoffOptions;
+  /** Deadline of each FetchJWTSVIDs call: a call the agent never answers must give its limiter slot back. */
+  fetchTimeoutMs: number;
   logger: Logger;
   onToken(audience: string, token: string): void;
   onRetry?(): void;
@@ -71,7 +74,10 @@ export class JwtRefresher {
         options.onRetry?.();
         const classified = problem.error instanceof Error && !("code" in problem.error) ? undefined : classifyAgentError(problem.error, options.adminSocketPath, "fetch-jwt");
         delayMs = classified?.kind === "no-entry" ? Math.max(noEntryRetryMinMs, backoff.next()) : backoff.next();
-        const detail = classified?.detail ?? (problem.error as Error).message;
+        const detail =
+          classified?.kind === "stream-failed" && ConnectError.from(problem.error).code === Code.DeadlineExceeded
+            ? `the SPIRE agent did not answer FetchJWTSVIDs within ${options.fetchTimeoutMs} ms (--jwt-fetch-timeout); the call was abandoned and its agent call slot freed`
+            : (classified?.detail ?? (problem.error as Error).message);
         options.logger.warn({ audience: problem.audience, retryInMs: delayMs, detail }, "fetching a JWT-SVID failed; the previous token stays");
       } else {
         backoff.reset();
@@ -90,7 +96,7 @@ export class JwtRefresher {
     const release = await options.limiter.acquire(signal);
     let response;
     try {
-      response = await options.client.fetchJWTSVIDs({ audience: [audience], selectors: options.selectors }, { signal });
+      response = await options.client.fetchJWTSVIDs({ audience: [audience], selectors: options.selectors }, { signal, timeoutMs: options.fetchTimeoutMs });
     } finally {
       release();
     }

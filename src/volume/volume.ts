@@ -29,6 +29,7 @@ export interface VolumeDependencies {
   limiter: AgentCallLimiter;
   adminSocketPath: string;
   backoff: BackoffOptions;
+  jwtFetchTimeoutMs: number;
   nodeName: string;
   /** The agent's trust domain: the own bundle of bundle-only volumes (which have no SVID to tell). */
   trustDomain: string | undefined;
@@ -122,6 +123,7 @@ export class Volume {
         limiter: deps.limiter,
         adminSocketPath: deps.adminSocketPath,
         backoff: deps.backoff,
+        fetchTimeoutMs: deps.jwtFetchTimeoutMs,
         logger: this.logger,
         onToken: (audience, token) => {
           deps.observer.jwtFetchFinished("ok");

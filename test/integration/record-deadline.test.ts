@@ -43,7 +43,7 @@ test("a record write whose fsync never returns fails the publish with DEADLINE_E
     kubelet: await resolveKubeletPaths(kubeletRoot),
     publishTimeoutMs: 1_000,
     logger,
-    volume: { client, bundles, jwtBundles, availability, limiter, adminSocketPath: agent.socketPath, backoff, nodeName: "node-1", trustDomain: undefined, logger, observer },
+    volume: { client, bundles, jwtBundles, availability, limiter, adminSocketPath: agent.socketPath, backoff, jwtFetchTimeoutMs: 30_000, nodeName: "node-1", trustDomain: undefined, logger, observer },
   });
   t.after(() => manager.shutdown());
 

@@ -129,6 +129,13 @@ export class FakeAgent extends EventEmitter {
   jwtFetchPeakPerPod = 0;
   /** Each FetchJWTSVIDs answer waits this long, as a loaded agent's would. */
   jwtFetchDelayMs = 0;
+  /**
+   * While set, every FetchJWTSVIDs call (after the delay) fails with this status, or with "hang"
+   * is never answered: it waits until the caller cancels or its deadline passes.
+   */
+  jwtFetchFault: { code: Code; message: string } | "hang" | undefined;
+  /** FetchJWTSVIDs calls that ended because the caller cancelled or its deadline passed. */
+  jwtFetchesAbandoned = 0;
   private jwtFetchesInFlight = 0;
   private readonly jwtFetchesInFlightByPod = new Map<string, number>();
   lastSelectors: Selector[] | undefined;
@@ -161,6 +168,11 @@ export class FakeAgent extends EventEmitter {
 
   get openBundleStreams(): number {
     return this.bundleStreams.size;
+  }
+
+  /** FetchJWTSVIDs calls being handled now (hanging ones included). */
+  get jwtFetchesInFlightNow(): number {
+    return this.jwtFetchesInFlight;
   }
 
   get openJwtBundleStreams(): number {
@@ -249,6 +261,16 @@ export class FakeAgent extends EventEmitter {
   /** Sends an arbitrary bundle map to every bundle stream once (malformed-data tests). */
   pushRawBundles(caCertificates: BundleMap): void {
     for (const queue of this.bundleStreams) queue.push({ caCertificates });
+  }
+
+  /** Sends an arbitrary JWT bundle map ("spiffe://td" -> JWKS bytes) to every JWT bundle stream once. */
+  pushRawJwtBundles(bundles: BundleMap): void {
+    for (const queue of this.jwtBundleStreams) queue.push({ bundles });
+  }
+
+  /** Ends only the JWT bundle streams with this status; the SVID and X.509 bundle streams stay. */
+  dropJwtBundleStreams(code: Code = Code.Unavailable): void {
+    for (const queue of this.jwtBundleStreams) queue.fail(new ConnectError("JWT bundle stream dropped by the test", code));
   }
 
   /**
@@ -349,7 +371,7 @@ export class FakeAgent extends EventEmitter {
         queue.push({ caCertificates: this.bundles() });
         return this.serveQueue(this.bundleStreams, queue, context);
       },
-      fetchJWTSVIDs: async (request) => {
+      fetchJWTSVIDs: async (request, context) => {
         // SPIRE checks the audience before authorization.
         if (request.audience.length === 0) throw new ConnectError("audience must be specified", Code.InvalidArgument);
         const pod = request.selectors.find((selector) => selector.value.startsWith("pod-uid:"))?.value ?? "";
@@ -361,6 +383,15 @@ export class FakeAgent extends EventEmitter {
         this.jwtFetchPeakPerPod = Math.max(this.jwtFetchPeakPerPod, podInFlight);
         try {
           if (this.jwtFetchDelayMs > 0) await new Promise((resolve) => setTimeout(resolve, this.jwtFetchDelayMs));
+          if (this.jwtFetchFault === "hang") {
+            await new Promise<void>((resolve) => {
+              if (context.signal.aborted) resolve();
+              context.signal.addEventListener("abort", () => resolve(), { once: true });
+            });
+            this.jwtFetchesAbandoned += 1;
+            throw new ConnectError("the caller gave up", Code.Canceled);
+          }
+          if (this.jwtFetchFault) throw new ConnectError(this.jwtFetchFault.message, this.jwtFetchFault.code);
         } finally {
           this.jwtFetchesInFlight -= 1;
           this.jwtFetchesInFlightByPod.set(pod, this.jwtFetchesInFlightByPod.get(pod)! - 1);

@@ -12,6 +12,7 @@ test("defaults apply when nothing is set", () => {
   assert.equal(config.volumeBacking, "tmpfs");
   assert.equal(config.reconnectMinMs, 500);
   assert.equal(config.reconnectMaxMs, 30_000);
+  assert.equal(config.jwtFetchTimeoutMs, 30_000);
 });
 
 test("flags win over environment, environment over defaults", () => {
@@ -35,6 +36,7 @@ test("bad values name the option and the rule", () => {
   assert.throws(() => loadConfig(["--volume-backing", "nfs"], {}), /--volume-backing/);
   assert.throws(() => loadConfig(["--no-such-flag", "x"], {}), /--help/);
   assert.throws(() => loadConfig(["--reconnect-min", "10s", "--reconnect-max", "1s"], {}), /--reconnect-max/);
+  assert.throws(() => loadConfig(["--jwt-fetch-timeout", "0s"], {}), /--jwt-fetch-timeout \(SPIRE_CSI_JWT_FETCH_TIMEOUT\) = "0s"/);
 });
 
 test("--help lists every option with its environment variable and default", () => {
