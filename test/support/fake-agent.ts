@@ -389,7 +389,8 @@ export class FakeAgent extends EventEmitter {
               context.signal.addEventListener("abort", () => resolve(), { once: true });
             });
             this.jwtFetchesAbandoned += 1;
-            throw new ConnectError("the caller gave up", Code.Canceled);
+            // DeadlineExceeded when the request's grpc-timeout ran out (as grpc-go answers), Canceled when the caller cancelled.
+            throw ConnectError.from(context.signal.reason);
           }
           if (this.jwtFetchFault) throw new ConnectError(this.jwtFetchFault.message, this.jwtFetchFault.code);
         } finally {
