@@ -130,8 +130,9 @@ export async function runDriver(config: DriverConfig, logger: Logger): Promise<{
     async stop() {
       // Deregister first, so kubelet stops sending calls before the CSI socket goes.
       await registration?.stop();
-      await server.close();
-      await running.shutdown();
+      // Side by side: the server stops taking calls and waits for those in flight, which the
+      // volume manager's shutdown ends (a publish waiting for its SVID answers UNAVAILABLE).
+      await Promise.all([server.close(), running.shutdown()]);
       await Promise.all(httpServers.map((http) => http.close()));
       await Promise.all([bundles.stop(), jwtBundles.stop()]);
       probe.stop();

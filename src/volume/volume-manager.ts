@@ -53,6 +53,10 @@ export class VolumeManager {
    * and mount and write into the same dir (the per-volume mutex does not serialise them).
    */
   private readonly targets = new Map<string, string>();
+  /** Aborted when the process shuts down: publishes still waiting for a first SVID give up. */
+  private readonly stopping = new AbortController();
+  /** Publishes and unpublishes under way, so shutdown lets each finish (or clean up) and answer. */
+  private readonly operations = new Set<Promise<void>>();
 
   constructor(private readonly options: VolumeManagerOptions) {}
 
@@ -75,9 +79,10 @@ export class VolumeManager {
    * that retry finds the finished (or cleaned-up) result instead of a half-built volume.
    */
   async publish(spec: VolumeSpec): Promise<void> {
+    this.refuseWhileStopping(spec.volumeId);
     this.reserveTarget(spec.volumeId, spec.targetPath);
     try {
-      await this.mutex.run(spec.volumeId, () => this.publishLocked(spec));
+      await this.tracked(this.mutex.run(spec.volumeId, () => this.publishLocked(spec)));
     } finally {
       this.settleReservation(spec.volumeId, spec.targetPath);
     }
@@ -85,10 +90,36 @@ export class VolumeManager {
 
   async unpublish(volumeId: string, targetPath: string): Promise<void> {
     try {
-      await this.mutex.run(volumeId, () => this.unpublishLocked(volumeId, targetPath));
+      await this.tracked(this.mutex.run(volumeId, () => this.unpublishLocked(volumeId, targetPath)));
     } finally {
       this.settleReservation(volumeId, targetPath);
     }
+  }
+
+  private tracked(operation: Promise<void>): Promise<void> {
+    const settled = operation.then(
+      () => undefined,
+      () => undefined,
+    );
+    this.operations.add(settled);
+    void settled.then(() => this.operations.delete(settled));
+    return operation;
+  }
+
+  private refuseWhileStopping(volumeId: string): void {
+    if (this.stopping.signal.aborted) throw shuttingDown(volumeId);
+  }
+
+  /** The first write, or a shutting-down error as soon as shutdown begins (then the caller cleans up). */
+  private untilShutdown(volume: Volume, timeoutMs: number): Promise<void> {
+    const { signal } = this.stopping;
+    if (signal.aborted) return Promise.reject(shuttingDown(volume.spec.volumeId));
+    let onAbort: (() => void) | undefined;
+    const aborted = new Promise<never>((_, reject) => {
+      onAbort = () => reject(shuttingDown(volume.spec.volumeId));
+      signal.addEventListener("abort", onAbort, { once: true });
+    });
+    return Promise.race([volume.waitForFirstWrite(timeoutMs), aborted]).finally(() => signal.removeEventListener("abort", onAbort!));
   }
 
   /** Claims the target for the volume, or throws ALREADY_EXISTS naming the volume that holds it. */
@@ -108,7 +139,9 @@ export class VolumeManager {
   }
 
   private async publishLocked(spec: VolumeSpec): Promise<void> {
-    // Again under the volume's lock: an unpublish queued before this call may have released it.
+    // Again under the volume's lock: shutdown may have begun, and an unpublish queued before this
+    // call may have released the target.
+    this.refuseWhileStopping(spec.volumeId);
     this.reserveTarget(spec.volumeId, spec.targetPath);
     const existing = this.volumes.get(spec.volumeId);
     if (existing) {
@@ -123,7 +156,7 @@ export class VolumeManager {
         // Re-adopted after a crash that may have come before the first write: only report the
         // volume as published once its files are on disk.
         try {
-          await existing.waitForFirstWrite(this.options.publishTimeoutMs);
+          await this.untilShutdown(existing, this.options.publishTimeoutMs);
         } catch (error) {
           throw this.publishFailure(existing, error);
         }
@@ -174,7 +207,7 @@ export class VolumeManager {
       this.volumes.set(spec.volumeId, volume);
       volume.start();
       await targetReady;
-      await volume.waitForFirstWrite(deadline - performance.now());
+      await this.untilShutdown(volume, deadline - performance.now());
     } catch (error) {
       this.volumes.delete(spec.volumeId);
       await volume.stop();
@@ -334,8 +367,16 @@ export class VolumeManager {
     return "adopted";
   }
 
-  /** Stops every stream; files and tmpfs mounts stay for the next process to re-adopt. */
+  /**
+   * Stops every stream; files and tmpfs mounts stay for the next process to re-adopt. First every
+   * publish or unpublish under way ends: a publish still waiting for its first SVID (up to the
+   * publish timeout, longer than the pod's termination grace) gives up, removes what it made and
+   * answers UNAVAILABLE, so kubelet retries against the next process and no call is dropped with a
+   * record or a mount behind it. New calls are refused the same way.
+   */
   async shutdown(): Promise<void> {
+    this.stopping.abort();
+    while (this.operations.size > 0) await Promise.all([...this.operations]);
     await Promise.all([...this.volumes.values()].map((volume) => volume.stop()));
     this.volumes.clear();
     this.targets.clear();
@@ -372,6 +413,10 @@ function fromRecord(record: VolumeRecord, kubeletRoot: string): VolumeSpec {
     attributes,
     fsGroup: record.fsGroup,
   };
+}
+
+function shuttingDown(volumeId: string): DriverError {
+  return new DriverError("unavailable", `the driver is shutting down; volume ${volumeId} was not published and nothing of it was left; kubelet retries against the next driver process`);
 }
 
 /** Bound of the cleanup after a failed publish (an unmount and a record delete: milliseconds when healthy). */

@@ -8,6 +8,7 @@ import type { CrashTestPoint } from "../../src/crash-test-pause.js";
 import { readVolumeIdentity } from "../support/identity-files.js";
 import { uncertainCodes, type PublishedVolume, type PublishOutcome } from "../support/kubelet-sim.js";
 import { mountsUnder } from "../support/driver-node.js";
+import { alive, childrenOf } from "../support/process-tree.js";
 import { startDriverFixture, type DriverFixture } from "../integration/driver-fixture.js";
 
 const iterations = Number(process.env.CHAOS_ITERATIONS ?? (process.env.SOAK ? 500 : 60));
@@ -22,22 +23,6 @@ function prng(seed: number): () => number {
     state = (state * 1664525 + 1013904223) >>> 0;
     return state / 2 ** 32;
   };
-}
-
-/** The driver's child processes (its mount shells), from /proc. */
-async function childrenOf(pid: number): Promise<number[]> {
-  const children: number[] = [];
-  for (const entry of await readdir("/proc")) {
-    if (!/^\d+$/.test(entry)) continue;
-    const stat = await readFile(`/proc/${entry}/stat`, "utf8").catch(() => "");
-    if (Number(stat.split(") ")[1]?.split(" ")[1]) === pid) children.push(Number(entry));
-  }
-  return children;
-}
-
-async function alive(pid: number): Promise<boolean> {
-  const state = await readFile(`/proc/${pid}/stat`, "utf8").then((text) => text.split(") ")[1]?.[0], () => undefined);
-  return state !== undefined && state !== "Z";
 }
 
 /** How a publish that was in flight at the kill ended, as kubelet sees it. */
