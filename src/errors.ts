@@ -8,6 +8,7 @@ export type DriverErrorCode =
   | "failed-precondition"
   | "deadline-exceeded"
   | "unavailable"
+  | "resource-exhausted"
   | "internal";
 
 export class DriverError extends Error {

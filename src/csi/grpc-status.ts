@@ -7,6 +7,7 @@ const statusOf: Record<DriverErrorCode, status> = {
   "failed-precondition": status.FAILED_PRECONDITION,
   "deadline-exceeded": status.DEADLINE_EXCEEDED,
   unavailable: status.UNAVAILABLE,
+  "resource-exhausted": status.RESOURCE_EXHAUSTED,
   internal: status.INTERNAL,
 };
 

@@ -192,7 +192,11 @@ export class VolumeManager {
     // returns. The mount runner kills a mount at the deadline; an fsync cannot be cancelled, so the
     // record write goes on in the background (in order with this volume's later record writes).
     const deadline = performance.now() + this.options.publishTimeoutMs;
-    const recordWritten = within(this.options.store.put(toRecord(spec)), this.options.publishTimeoutMs, `writing the record of ${spec.volumeId}`);
+    const recordWritten = within(this.options.store.put(toRecord(spec)), this.options.publishTimeoutMs, `writing the record of ${spec.volumeId}`).catch(
+      (error: unknown) => {
+        throw this.recordWriteFailure(spec.volumeId, error);
+      },
+    );
     const mountAllowed = crashTestPauseEnabled("record-written") ? recordWritten.then(() => crashTestPause("record-written", spec.targetPath)) : undefined;
     const targetReady = Promise.allSettled([
       recordWritten,
@@ -230,6 +234,17 @@ export class VolumeManager {
     const seconds = (performance.now() - started) / 1000;
     observer.publishFinished("ok", seconds);
     logger.info({ volumeId: spec.volumeId, pod: `${spec.pod.namespace}/${spec.pod.name}`, ms: Math.round(seconds * 1000) }, "volume published");
+  }
+
+  /** A full metadata dir is the operator's to fix, and says so; anything else stays as it was. */
+  private recordWriteFailure(volumeId: string, error: unknown): unknown {
+    const errno = ((error as Error | undefined)?.cause as NodeJS.ErrnoException | undefined)?.code;
+    if (errno !== "ENOSPC" && errno !== "EDQUOT") return error;
+    return new DriverError(
+      "resource-exhausted",
+      `the metadata dir ${this.options.store.dir} is full (${errno}) writing the record of ${volumeId}: free space on its filesystem (each record is a few KiB; the chart's metadata hostPath shares the node's disk); nothing was mounted and kubelet retries`,
+      { cause: error },
+    );
   }
 
   private publishFailure(volume: Volume, error: unknown): DriverError {

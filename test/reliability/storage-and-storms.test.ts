@@ -94,6 +94,35 @@ describe("storage faults and kubelet retry storms (tmpfs backing)", { timeout: 5
     await fx.kubelet.unpublish(volume);
   });
 
+  test("metadata dir full (ENOSPC): publish answers RESOURCE_EXHAUSTED naming the dir and the fix, leaves no mount and no torn record; live volumes rotate; publishes succeed once space returns", async () => {
+    const live = await fx.kubelet.publish(podNumber(50), "live");
+    // A tiny tmpfs over the metadata dir, filled: the record write hits ENOSPC. Records written
+    // below it stay hidden until the unmount, so the live volume is unpublished only after it.
+    await run("mount", ["-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", fx.metadataDir]);
+    try {
+      await run("dd", ["if=/dev/zero", `of=${join(fx.metadataDir, "filler")}`, "bs=4k", "count=64"]).catch(() => undefined);
+      for (let attempt = 0; attempt < 3; attempt++) {
+        const outcome = await fx.kubelet.tryPublish(podNumber(51 + attempt), "full-meta", {}, { maxAttempts: 1 });
+        assert.equal(outcome.error?.code, Code.ResourceExhausted, outcome.error?.message);
+        assert.match(outcome.error?.rawMessage ?? "", new RegExp(`the metadata dir ${fx.metadataDir} is full \\(ENOSPC\\) .*: free space`), "names the dir and the fix");
+        assert.deepEqual(await mountsUnder(dirname(outcome.targetPath)), [], "no tmpfs left behind");
+        assert.deepEqual(await readdir(fx.metadataDir), ["filler"], "no record, no half-written temp file");
+      }
+      const mark = fx.driver.logs.length;
+      await fx.agent.rotate();
+      await fx.driver.waitForLog((line) => line.msg === "identity files rotated" && line.volumeId === live.volumeId, 5000, mark);
+      await rm(join(fx.metadataDir, "filler"));
+      const healed = await fx.kubelet.publish(podNumber(51), "full-meta");
+      await readVolumeIdentity(healed.targetPath);
+      assert.deepEqual(await readdir(fx.metadataDir), [`${healed.volumeId}.json`]);
+      await fx.kubelet.unpublish(healed);
+    } finally {
+      await run("umount", [fx.metadataDir]);
+    }
+    await fx.kubelet.unpublish(live);
+    assert.deepEqual((await readdir(fx.metadataDir)).filter((name) => name.endsWith(".json")), []);
+  });
+
   test("the same publish 20 times at once: all OK, one stream", async () => {
     const calls = fx.agent.subscribeCalls;
     const results = await Promise.all(Array.from({ length: 20 }, () => fx.kubelet.publish(podNumber(3), "same")));
