@@ -1,18 +1,8 @@
 import assert from "node:assert/strict";
 import { rm } from "node:fs/promises";
 import { after, before, describe, test } from "node:test";
+import { waitForStatus } from "../support/http-status.js";
 import { startDriverFixture, type DriverFixture } from "./driver-fixture.js";
-
-async function waitForStatus(url: string, status: number, timeoutMs = 10_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  let last = 0;
-  while (Date.now() < deadline) {
-    last = (await fetch(url)).status;
-    if (last === status) return;
-    await new Promise((resolve) => setTimeout(resolve, 50));
-  }
-  assert.equal(last, status, `${url} status`);
-}
 
 function listening(fx: DriverFixture, msg: string): Promise<string> {
   return fx.driver.waitForLog((line) => line.msg === msg).then((line) => `http://${String(line.address)}`);

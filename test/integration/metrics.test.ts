@@ -3,20 +3,10 @@ import { writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { sample } from "../support/prometheus.js";
+import { waitForStatus } from "../support/http-status.js";
 import { startDriverFixture, type DriverFixture } from "./driver-fixture.js";
 
 const pod = { uid: "ab12cd34-0000-4000-8000-0000000000aa", name: "api-0", namespace: "obs", serviceAccount: "api" };
-
-async function waitForStatus(url: string, status: number, timeoutMs = 10_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  let last = 0;
-  while (Date.now() < deadline) {
-    last = (await fetch(url)).status;
-    if (last === status) return;
-    await new Promise((resolve) => setTimeout(resolve, 50));
-  }
-  assert.equal(last, status, `${url} status`);
-}
 
 describe("metrics and health endpoints", () => {
   let fx: DriverFixture;

@@ -1,11 +1,12 @@
 import assert from "node:assert/strict";
-import { lstat, readdir, readFile } from "node:fs/promises";
+import { lstat } from "node:fs/promises";
 import { setTimeout as sleep } from "node:timers/promises";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { DriverProcess } from "../support/driver-process.js";
 import { readVolumeIdentity } from "../support/identity-files.js";
 import { registerLikeKubelet } from "../support/plugin-watcher.js";
+import { aliveOf, childrenOf } from "../support/process-tree.js";
 import { startDriverFixture, type DriverFixture } from "./driver-fixture.js";
 
 const pod = { uid: "5e7f0000-0000-4000-8000-00000000a001", name: "web-0", namespace: "solo", serviceAccount: "web" };
@@ -14,28 +15,6 @@ const pod = { uid: "5e7f0000-0000-4000-8000-00000000a001", name: "web-0", namesp
 async function fileIdentity(path: string): Promise<string> {
   const stats = await lstat(path, { bigint: true });
   return `${stats.ino}:${stats.birthtimeNs}`;
-}
-
-/** Child processes of `pid`, from /proc. */
-async function childrenOf(pid: number): Promise<number[]> {
-  const found: number[] = [];
-  for (const entry of await readdir("/proc")) {
-    if (!/^\d+$/.test(entry)) continue;
-    const stat = await readFile(`/proc/${entry}/stat`, "utf8").catch(() => "");
-    // Field 4 is the parent pid; the command name (field 2) may hold spaces, so split after ')'.
-    const ppid = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
-    if (ppid === pid) found.push(Number(entry));
-  }
-  return found;
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 describe("one driver per node", () => {
@@ -114,7 +93,7 @@ describe("one driver per node", () => {
     assert.ok(flockPids.length > 0, "the waiting driver has a flock child");
     await waiter.stop("SIGKILL");
     const deadline = Date.now() + 20_000;
-    while (flockPids.some(alive) && Date.now() < deadline) await sleep(100);
-    assert.deepEqual(flockPids.filter(alive), [], "the orphaned flock gave up within its attempt bound");
+    while ((await aliveOf(flockPids)).length > 0 && Date.now() < deadline) await sleep(100);
+    assert.deepEqual(await aliveOf(flockPids), [], "the orphaned flock gave up within its attempt bound");
   });
 });

@@ -7,6 +7,7 @@ import { test } from "node:test";
 import { MountCommandError, MountRunner, MountTimeoutError, shellQuote, type MountRequest } from "../../src/files/mount-runner.js";
 import { encodeMountField, isMountPoint } from "../../src/files/mount-table.js";
 import { hangingMountCommands } from "../support/hanging-mount.js";
+import { alive, aliveOf } from "../support/process-tree.js";
 
 async function withDir(run: (dir: string) => Promise<void>): Promise<void> {
   const dir = await mkdtemp("/tmp/scsi-mr-");
@@ -197,15 +198,6 @@ async function exists(path: string): Promise<boolean> {
   );
 }
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
 async function until(condition: () => Promise<boolean>): Promise<void> {
   while (!(await condition())) await new Promise((resolve) => setTimeout(resolve, 20));
 }
@@ -255,10 +247,10 @@ test("a hung mount fails alone at its deadline (its mount(8) killed); mounts beh
       assert.equal(await isMountPoint(behind), true, "the innocent neighbour was retried alone and mounted");
       assert.equal(await isMountPoint(hung), false);
       const [pid] = await fake.hungPids();
-      await until(async () => !alive(pid!));
+      await until(async () => !(await alive(pid!)));
     } finally {
       runner.close();
-      for (const pid of await fake.hungPids()) if (alive(pid)) process.kill(pid, "SIGKILL");
+      for (const pid of await aliveOf(await fake.hungPids())) process.kill(pid, "SIGKILL");
     }
   });
 });
@@ -288,7 +280,7 @@ test("a hung unmount fails at its deadline and does not hold up another volume's
       assert.equal(await isMountPoint(hung), true, "still mounted: the fake never unmounted it");
     } finally {
       runner.close();
-      for (const pid of await fake.hungPids()) if (alive(pid)) process.kill(pid, "SIGKILL");
+      for (const pid of await aliveOf(await fake.hungPids())) process.kill(pid, "SIGKILL");
     }
   });
 });
