@@ -298,7 +298,16 @@ export class VolumeManager {
     if (released === "not-a-dir") {
       logger.warn("the target is a symlink or not a directory; left it untouched (unpublish never follows a link)");
     }
-    await this.options.store.delete(volumeId);
+    // An error, not OK: kubelet retries the unpublish until the record is gone, so records stay
+    // == published volumes. (Were OK answered, the start-up sweep would still drop the record,
+    // since the target is gone by now, but only at the next start.)
+    await this.options.store.delete(volumeId).catch((error: unknown) => {
+      throw new DriverError(
+        "internal",
+        `volume ${volumeId} is unmounted and its files are gone, but deleting its record in the metadata dir ${this.options.store.dir} failed: ${(error as Error).message}; kubelet retries the unpublish (check that the dir is writable)`,
+        { cause: error },
+      );
+    });
     this.adoptionFailures.delete(volumeId);
     logger.info("volume unpublished");
   }

@@ -123,6 +123,38 @@ describe("storage faults and kubelet retry storms (tmpfs backing)", { timeout: 5
     assert.deepEqual((await readdir(fx.metadataDir)).filter((name) => name.endsWith(".json")), []);
   });
 
+  test("a record that cannot be deleted at unpublish: an error kubelet retries, no re-adoption by a restart meanwhile, OK once it is deletable", async () => {
+    const volume = await fx.kubelet.publish(podNumber(60), "stuck-record");
+    const record = join(fx.metadataDir, `${volume.volumeId}.json`);
+    // A bind mount over the record file itself: unlink(2) answers EBUSY for this one file only.
+    await run("mount", ["--bind", record, record]);
+    try {
+      await assert.rejects(fx.kubelet.unpublish(volume), (error: unknown) => {
+        const { code, rawMessage } = error as { code: Code; rawMessage: string };
+        assert.equal(code, Code.Internal, rawMessage);
+        assert.match(rawMessage, new RegExp(`volume ${volume.volumeId} is unmounted and its files are gone, but deleting its record in the metadata dir ${fx.metadataDir} failed: .*EBUSY.*; kubelet retries the unpublish`));
+        return true;
+      });
+      assert.deepEqual(await mountsUnder(dirname(volume.targetPath)), [], "the tmpfs is gone");
+      await assert.rejects(readdir(volume.targetPath), { code: "ENOENT" }, "and the target dir with it");
+      // A restart while the record is stuck: its target is gone, so it is not re-adopted (no
+      // tmpfs, no stream, nothing written into the dead pod's dir); the record waits.
+      const streams = fx.agent.openX509Streams;
+      await fx.driver.restart("SIGTERM");
+      const adoption = await fx.driver.waitForLog((line) => line.msg === "re-adopted recorded volumes");
+      assert.equal(adoption.adopted, 0);
+      await fx.driver.waitForLog((line) => line.volumeId === volume.volumeId && /target is gone but its record could not be dropped/.test(line.msg));
+      assert.deepEqual(await mountsUnder(dirname(volume.targetPath)), []);
+      await assert.rejects(readdir(volume.targetPath), { code: "ENOENT" });
+      assert.ok(fx.agent.openX509Streams <= streams, "no stream opened for the stuck record");
+      await assert.rejects(fx.kubelet.unpublish(volume), /deleting its record/, "still failing while the record is stuck");
+    } finally {
+      await run("umount", [record]);
+    }
+    await fx.kubelet.unpublish(volume);
+    await assert.rejects(readFile(record), { code: "ENOENT" }, "kubelet's retry deleted the record");
+  });
+
   test("the same publish 20 times at once: all OK, one stream", async () => {
     const calls = fx.agent.subscribeCalls;
     const results = await Promise.all(Array.from({ length: 20 }, () => fx.kubelet.publish(podNumber(3), "same")));
