@@ -1,8 +1,8 @@
 /**
- * `npm run bench [-- --quick] [-- --out <dir>]`: builds the driver (dist/, as the image runs it)
- * and the peers (SPIRE, spiffe-helper), then measures against the fake agent and a real SPIRE
- * agent. Prints a markdown table and writes bench.md, bench.json and bench.svg to the results
- * dir (default results/, not committed).
+ * `npm run bench [-- --quick] [-- --scenarios a,b] [-- --out <dir>]`: builds the driver (dist/,
+ * as the image runs it) and the peers (SPIRE, spiffe-helper), then measures against the fake
+ * agent and a real SPIRE agent. Prints a markdown table and writes bench.md, bench.json and
+ * bench.svg to the results dir (default results/, not committed). Scenarios: see `scenarioNames`.
  */
 import { execFileSync } from "node:child_process";
 import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
@@ -21,21 +21,52 @@ import { measurePublishLatency } from "./scenarios/publish-latency.js";
 import { measureRestart } from "./scenarios/restart.js";
 import { measureRotationFanout } from "./scenarios/rotation-fanout.js";
 import { compareWithSpiffeHelper, spiffeHelperVersion } from "./scenarios/spiffe-helper.js";
-import { benchNodeName, makePods, podEntrySelectors, podSpiffeId } from "./workload.js";
+import { measureChurn } from "./scenarios/churn.js";
+import { kubeApiserverRunning, measurePodStart } from "./scenarios/pod-start.js";
+import { parseScenarios, scenarioNames, type ScenarioName } from "./scenario-selection.js";
+import { benchNodeName, makePods, podEntrySelectors, podSpiffeId, volumeName } from "./workload.js";
 
 const repoRoot = fileURLToPath(new URL("..", import.meta.url));
 
 const { values: flags } = parseArgs({
-  options: { quick: { type: "boolean", default: false }, out: { type: "string", default: join(repoRoot, "results") } },
+  options: {
+    quick: { type: "boolean", default: false },
+    out: { type: "string", default: join(repoRoot, "results") },
+    scenarios: { type: "string", default: scenarioNames.join(",") },
+  },
 });
+const selected = parseScenarios(flags.scenarios);
+const runs = (scenario: ScenarioName) => selected.has(scenario);
 
-/** What a run does; --quick trades samples for time, never the scenario sizes. */
+/** What a run does; --quick trades samples and durations for time, never the scenario sizes or rates. */
 const plan = flags.quick
-  ? { mode: "quick" as const, sequentialSamples: 20, bursts: 1, rotationRounds: 2, settleMs: 1_500, idleSettleMs: 5_000, idleCpuWindowMs: 5_000 }
-  : { mode: "full" as const, sequentialSamples: 60, bursts: 3, rotationRounds: 5, settleMs: 3_000, idleSettleMs: 10_000, idleCpuWindowMs: 15_000 };
+  ? {
+      mode: "quick" as const,
+      sequentialSamples: 20,
+      bursts: 1,
+      rotationRounds: 2,
+      settleMs: 1_500,
+      idleSettleMs: 5_000,
+      idleCpuWindowMs: 5_000,
+      agentCpuWindowMs: 5_000,
+      churn: { publishesPerSecond: 20, seconds: 15 },
+      podStart: { oneByOne: 10, atOnce: 30 },
+    }
+  : {
+      mode: "full" as const,
+      sequentialSamples: 60,
+      bursts: 3,
+      rotationRounds: 5,
+      settleMs: 3_000,
+      idleSettleMs: 10_000,
+      idleCpuWindowMs: 15_000,
+      agentCpuWindowMs: 15_000,
+      churn: { publishesPerSecond: 20, seconds: 60 },
+      podStart: { oneByOne: 20, atOnce: 30 },
+    };
 const concurrencies = [1, 110, 250];
 const volumesAtScale = 250;
-const peerCounts = [1, 10, 50];
+const peerCounts = [1, 10, 50, 110];
 const trustDomain = "example.org";
 
 const progress = (message: string) => process.stderr.write(`[bench] ${message}\n`);
@@ -45,66 +76,85 @@ function startBenchNode(agentSocket: string, backing: "tmpfs" | "directory" = "t
   return startDriverNode(agentSocket, { entry: "build", logLevel: "info", volumeBacking: backing, nodeId: benchNodeName }, "/tmp/scsi-bench-");
 }
 
+/** The fake-agent scenarios; undefined when none of them is selected. */
 async function benchFakeAgent(): Promise<BenchResults["fakeAgent"]> {
+  if (!(["publish", "memory", "rotation", "restart"] as const).some(runs)) return undefined;
   const dir = await mkdtemp("/tmp/scsi-fake-");
   let agent: FakeAgentProcess | undefined;
   let node: DriverNode | undefined;
+  const results: NonNullable<BenchResults["fakeAgent"]> = {};
   try {
     agent = await FakeAgentProcess.start({ socketPath: join(dir, "agent.sock"), trustDomain, svidTtlSeconds: 3600 });
     const pods = makePods(volumesAtScale, "bench", "workload");
     await agent.addEntries(pods.map((pod) => ({ id: pod.uid, spiffeId: podSpiffeId(trustDomain, pod), selectors: podEntrySelectors(pod) })));
     node = await startBenchNode(agent.socketPath);
     const pid = node.driver.pid!;
-    const rssIdleBytes = await settledResidentBytes(pid, plan.settleMs);
+    const rssIdleBytes = runs("memory") ? await settledResidentBytes(pid, plan.settleMs) : undefined;
     const rssByVolumes: Record<number, number> = {};
-    progress("fake agent: publish latency at 1, 110, 250 concurrent pods");
-    const publish = await measurePublishLatency({
-      node,
-      baseline: delegatedIdentityClient(agent.socketPath),
-      pods,
-      concurrencies,
-      sequentialSamples: plan.sequentialSamples,
-      bursts: plan.bursts,
-      onPublished: async (count) => {
-        rssByVolumes[count] = await settledResidentBytes(pid, plan.settleMs);
-      },
-      keepLastBurst: true,
-    });
-    progress(`fake agent: idle CPU with ${volumesAtScale} volumes over ${plan.idleCpuWindowMs} ms`);
-    // V8 runs a few memory-reducing GCs in the seconds after a burst; "idle" starts after them.
-    await sleep(plan.idleSettleMs);
-    const idleCpuPercent = await cpuPercentOver(pid, plan.idleCpuWindowMs);
-    const footprint: Footprint = {
-      rssIdleBytes,
-      rssByVolumes,
-      marginalBytesPerVolume: (rssByVolumes[volumesAtScale]! - rssIdleBytes) / volumesAtScale,
-      idleCpuPercent,
-      idleCpuWindowMs: plan.idleCpuWindowMs,
-      agentDownCpuPercent: Number.NaN,
-    };
+    if (runs("publish")) {
+      progress("fake agent: publish latency at 1, 110, 250 concurrent pods");
+      results.publish = await measurePublishLatency({
+        node,
+        baseline: delegatedIdentityClient(agent.socketPath),
+        pods,
+        concurrencies,
+        sequentialSamples: plan.sequentialSamples,
+        bursts: plan.bursts,
+        onPublished: async (count) => {
+          if (runs("memory")) rssByVolumes[count] = await settledResidentBytes(pid, plan.settleMs);
+        },
+        keepLastBurst: true,
+      });
+    } else {
+      progress(`fake agent: publishing ${volumesAtScale} volumes`);
+      await Promise.all(pods.map((pod) => node!.kubelet.publish(pod, volumeName)));
+      if (runs("memory")) rssByVolumes[volumesAtScale] = await settledResidentBytes(pid, plan.settleMs);
+    }
+    if (rssIdleBytes !== undefined) {
+      progress(`fake agent: idle CPU with ${volumesAtScale} volumes over ${plan.idleCpuWindowMs} ms`);
+      // V8 runs a few memory-reducing GCs in the seconds after a burst; "idle" starts after them.
+      await sleep(plan.idleSettleMs);
+      const idleCpuPercent = await cpuPercentOver(pid, plan.idleCpuWindowMs);
+      results.footprint = {
+        rssIdleBytes,
+        rssByVolumes,
+        marginalBytesPerVolume: (rssByVolumes[volumesAtScale]! - rssIdleBytes) / volumesAtScale,
+        idleCpuPercent,
+        idleCpuWindowMs: plan.idleCpuWindowMs,
+        agentDownCpuPercent: Number.NaN,
+      };
+    }
     const targets = node.kubelet.publishedVolumes.map((volume) => volume.targetPath);
-    progress(`fake agent: rotation fan-out over ${targets.length} volumes`);
-    const rotation = await measureRotationFanout(agent, targets, plan.rotationRounds);
-    progress(`fake agent: SIGKILL and restart with ${targets.length} volumes`);
-    const restart = await measureRestart(node, targets);
-    progress(`fake agent: CPU over ${plan.idleCpuWindowMs} ms with the agent down and ${volumesAtScale} volumes resubscribing`);
-    await agent.stop();
-    footprint.agentDownCpuPercent = await cpuPercentOver(node.driver.pid!, plan.idleCpuWindowMs);
-    agent = await FakeAgentProcess.start({ socketPath: join(dir, "agent.sock"), trustDomain, svidTtlSeconds: 3600 });
-    await agent.addEntries(pods.map((pod) => ({ id: pod.uid, spiffeId: podSpiffeId(trustDomain, pod), selectors: podEntrySelectors(pod) })));
+    if (runs("rotation")) {
+      progress(`fake agent: rotation fan-out over ${targets.length} volumes`);
+      results.rotation = await measureRotationFanout(agent, pid, targets, plan.rotationRounds);
+    }
+    if (runs("restart")) {
+      progress(`fake agent: SIGKILL and restart with ${targets.length} volumes`);
+      results.restart = await measureRestart(node, targets);
+    }
+    if (results.footprint) {
+      progress(`fake agent: CPU over ${plan.idleCpuWindowMs} ms with the agent down and ${volumesAtScale} volumes resubscribing`);
+      await agent.stop();
+      results.footprint.agentDownCpuPercent = await cpuPercentOver(node.driver.pid!, plan.idleCpuWindowMs);
+      agent = await FakeAgentProcess.start({ socketPath: join(dir, "agent.sock"), trustDomain, svidTtlSeconds: 3600 });
+      await agent.addEntries(pods.map((pod) => ({ id: pod.uid, spiffeId: podSpiffeId(trustDomain, pod), selectors: podEntrySelectors(pod) })));
+    }
     await node.close();
     node = undefined;
-    progress("fake agent: publish latency with --volume-backing directory (what the tmpfs mount costs)");
-    node = await startBenchNode(agent.socketPath, "directory");
-    const publishDirectoryBacking = await measurePublishLatency({
-      node,
-      baseline: delegatedIdentityClient(agent.socketPath),
-      pods,
-      concurrencies: [1, volumesAtScale],
-      sequentialSamples: plan.sequentialSamples,
-      bursts: plan.bursts,
-    });
-    return { publish, publishDirectoryBacking, footprint, rotation, restart };
+    if (runs("publish")) {
+      progress("fake agent: publish latency with --volume-backing directory (what the tmpfs mount costs)");
+      node = await startBenchNode(agent.socketPath, "directory");
+      results.publishDirectoryBacking = await measurePublishLatency({
+        node,
+        baseline: delegatedIdentityClient(agent.socketPath),
+        pods,
+        concurrencies: [1, volumesAtScale],
+        sequentialSamples: plan.sequentialSamples,
+        bursts: plan.bursts,
+      });
+    }
+    return results;
   } finally {
     await node?.close();
     await agent?.stop();
@@ -112,41 +162,60 @@ async function benchFakeAgent(): Promise<BenchResults["fakeAgent"]> {
   }
 }
 
+/** The real-SPIRE scenarios; undefined when none of them is selected. */
 async function benchSpire(helperBinary: string): Promise<BenchResults["spire"]> {
+  if (!(["spire-publish", "restart", "spiffe-helper", "churn"] as const).some(runs)) return undefined;
   progress("real SPIRE: starting server and agent");
-  const spire = await SpireFixture.start({ trustDomain });
+  const spire = await SpireFixture.start({ trustDomain, agentProfiling: runs("churn") });
   let node: DriverNode | undefined;
+  const results: NonNullable<BenchResults["spire"]> = {};
   try {
     await spire.registerDelegate();
     const pods = makePods(volumesAtScale, "bench", "workload");
-    await spire.createEntries(
-      pods.map((pod) => ({ spiffeId: podSpiffeId(trustDomain, pod), selectors: podEntrySelectors(pod).map((s) => `${s.type}:${s.value}`) })),
-    );
-    progress(`real SPIRE: waiting for the agent to hold ${pods.length} SVIDs`);
-    for (const pod of pods) {
-      const selectors = podSelectors(pod, benchNodeName).map((selector) => `${selector.type}:${selector.value}`);
-      await spire.waitForEntryOnAgent({ spiffeId: podSpiffeId(trustDomain, pod), selectors, timeoutMs: 120_000 });
+    if (runs("spire-publish") || runs("restart")) {
+      await spire.createEntries(
+        pods.map((pod) => ({ spiffeId: podSpiffeId(trustDomain, pod), selectors: podEntrySelectors(pod).map((s) => `${s.type}:${s.value}`) })),
+      );
+      progress(`real SPIRE: waiting for the agent to hold ${pods.length} SVIDs`);
+      for (const pod of pods) {
+        const selectors = podSelectors(pod, benchNodeName).map((selector) => `${selector.type}:${selector.value}`);
+        await spire.waitForEntryOnAgent({ spiffeId: podSpiffeId(trustDomain, pod), selectors, timeoutMs: 120_000 });
+      }
     }
     node = await startBenchNode(spire.adminSocket);
-    progress("real SPIRE: publish latency at 1, 110, 250 concurrent pods");
-    const publish = await measurePublishLatency({
-      node,
-      baseline: spire.client(),
-      pods,
-      concurrencies,
-      sequentialSamples: plan.sequentialSamples,
-      bursts: plan.bursts,
-      keepLastBurst: true,
-    });
-    const targets = node.kubelet.publishedVolumes.map((volume) => volume.targetPath);
-    progress(`real SPIRE: SIGKILL and restart with ${targets.length} volumes`);
-    const restart = await measureRestart(node, targets);
+    if (runs("spire-publish")) {
+      progress("real SPIRE: publish latency at 1, 110, 250 concurrent pods");
+      results.publish = await measurePublishLatency({
+        node,
+        baseline: spire.client(),
+        pods,
+        concurrencies,
+        sequentialSamples: plan.sequentialSamples,
+        bursts: plan.bursts,
+        keepLastBurst: true,
+      });
+    } else if (runs("restart")) {
+      await Promise.all(pods.map((pod) => node!.kubelet.publish(pod, volumeName)));
+    }
+    if (runs("restart")) {
+      const targets = node.kubelet.publishedVolumes.map((volume) => volume.targetPath);
+      progress(`real SPIRE: SIGKILL and restart with ${targets.length} volumes`);
+      results.restart = await measureRestart(node, targets);
+    }
     await node.kubelet.unpublishAll();
-    // A fresh process, so the memory figures hold the N volumes and not the 250-volume history.
-    await node.driver.restart("SIGTERM");
-    progress(`real SPIRE: side by side with spiffe-helper ${spiffeHelperVersion} for N = ${peerCounts.join(", ")}`);
-    const peers = await compareWithSpiffeHelper({ spire, node, helperBinary, workDir: spire.dir, counts: peerCounts, settleMs: plan.settleMs });
-    return { publish, restart, peers };
+    if (runs("churn")) {
+      // A fresh process, so the churn's RSS starts from an idle driver and not the 250-volume history.
+      await node.driver.restart("SIGTERM");
+      progress(`real SPIRE: churn, ${plan.churn.publishesPerSecond} publishes + unpublishes per second for ${plan.churn.seconds} s`);
+      results.churn = await measureChurn({ spire, node, ...plan.churn, settleMs: plan.idleSettleMs });
+    }
+    if (runs("spiffe-helper")) {
+      // A fresh process, so the memory figures hold the N volumes and not the history before.
+      await node.driver.restart("SIGTERM");
+      progress(`real SPIRE: side by side with spiffe-helper ${spiffeHelperVersion} for N = ${peerCounts.join(", ")}`);
+      results.peers = await compareWithSpiffeHelper({ spire, node, helperBinary, workDir: spire.dir, counts: peerCounts, settleMs: plan.settleMs, cpuWindowMs: plan.agentCpuWindowMs });
+    }
+    return results;
   } catch (error) {
     process.stderr.write(`${await spire.logTails(10)}\n`);
     throw error;
@@ -156,30 +225,54 @@ async function benchSpire(helperBinary: string): Promise<BenchResults["spire"]> 
   }
 }
 
+/**
+ * Pod start on the real node. It takes the node's fixed ports, so it runs only when no other
+ * Kubernetes control plane (a CI run of test:node) is up on this machine.
+ */
+async function benchPodStart(): Promise<BenchResults["podStart"]> {
+  if (!runs("pod-start")) return undefined;
+  const busy = kubeApiserverRunning();
+  if (busy) {
+    progress(`pod start: skipped, ${busy}`);
+    return { skipped: busy };
+  }
+  progress("real node: bringing up kubelet, containerd, the image and the chart (minutes)");
+  return measurePodStart({ oneByOne: plan.podStart.oneByOne, atOnce: plan.podStart.atOnce });
+}
+
 async function main(): Promise<void> {
   const startedAt = new Date().toISOString();
   progress("building dist/ (the driver is measured as the image runs it)");
   execFileSync("npm", ["run", "build"], { cwd: repoRoot, stdio: ["ignore", "ignore", "inherit"] });
-  progress("building peers (SPIRE, spiffe-helper) into the shared cache");
-  const binDir = execFileSync("bash", [join(repoRoot, "scripts/build-peers.sh"), "spire-server", "spire-agent", "spiffe-helper"], {
-    cwd: repoRoot,
-    encoding: "utf8",
-    stdio: ["ignore", "pipe", "inherit"],
-  })
-    .trim()
-    .split("\n")
-    .pop()!;
-  process.env.SPIRE_BIN_DIR = binDir;
+  progress(`scenarios: ${[...selected].join(", ")}`);
+  const spireScenarios = (["spire-publish", "restart", "spiffe-helper", "churn"] as const).filter(runs);
+  let helperBinary = "";
+  if (spireScenarios.length > 0) {
+    progress("building peers (SPIRE, spiffe-helper) into the shared cache");
+    const binDir = execFileSync("bash", [join(repoRoot, "scripts/build-peers.sh"), "spire-server", "spire-agent", "spiffe-helper"], {
+      cwd: repoRoot,
+      encoding: "utf8",
+      stdio: ["ignore", "pipe", "inherit"],
+    })
+      .trim()
+      .split("\n")
+      .pop()!;
+    process.env.SPIRE_BIN_DIR = binDir;
+    helperBinary = join(binDir, `spiffe-helper-${spiffeHelperVersion}`);
+  }
   const packageJson = JSON.parse(await readFile(join(repoRoot, "package.json"), "utf8")) as { version: string };
   const fakeAgent = await benchFakeAgent();
-  const spire = await benchSpire(join(binDir, `spiffe-helper-${spiffeHelperVersion}`));
+  const spire = await benchSpire(helperBinary);
+  const podStart = await benchPodStart();
   const results: BenchResults = {
     startedAt,
     mode: plan.mode,
+    scenarios: [...selected],
     machine: { node: process.version, cpus: cpus().length, cpuModel: cpus()[0]?.model.trim() ?? "unknown", platform: `${process.platform}-${process.arch}` },
     versions: { driver: packageJson.version, spire: spireVersion, spiffeHelper: spiffeHelperVersion },
     fakeAgent,
     spire,
+    podStart,
   };
   const checks = checkTargets(results);
   const markdown = renderMarkdown(results, checks);

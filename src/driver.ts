@@ -15,6 +15,7 @@ import { AgentCallLimiter } from "./spire/agent-call-limiter.js";
 import { AgentProbe } from "./spire/agent-probe.js";
 import { createAgentClient } from "./spire/agent-client.js";
 import { jwtBundleFeed, x509BundleFeed } from "./spire/bundle-feed.js";
+import { FanoutLog } from "./volume/fanout-log.js";
 import { VolumeManager } from "./volume/volume-manager.js";
 
 /** The package version, found from src/ (tsx) as well as from dist/src/ (the built image). */
@@ -103,6 +104,7 @@ export async function runDriver(config: DriverConfig, logger: Logger): Promise<{
       nodeName: config.nodeId,
       trustDomain: config.trustDomain,
       logger,
+      fanoutLog: new FanoutLog(logger.child({ component: "volumes" })),
       observer: metrics,
     },
   });

@@ -3,6 +3,7 @@ import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import type { FakeAgentProcess } from "../fake-agent-process.js";
 import { FileEvents, isSnapshotSwap } from "../file-events.js";
+import { cpuSeconds } from "../process-usage.js";
 import { distribution, median, type Distribution } from "../stats.js";
 
 export interface RotationFanoutResult {
@@ -14,6 +15,8 @@ export interface RotationFanoutResult {
   /** Push → last volume swapped, median over the rounds. */
   driverLastMs: number;
   floorLastMs: number;
+  /** Driver CPU (user + system) from the push to the last swap, per volume, median over the rounds. */
+  driverCpuMsPerVolume: number;
 }
 
 /**
@@ -21,17 +24,20 @@ export interface RotationFanoutResult {
  * floor writes the same files as the same snapshots (dir, files, symlink rename) with plain fs
  * calls on a tmpfs and no driver, i.e. the least any file-based delivery can cost.
  */
-export async function measureRotationFanout(agent: FakeAgentProcess, targets: readonly string[], rounds: number): Promise<RotationFanoutResult> {
+export async function measureRotationFanout(agent: FakeAgentProcess, driverPid: number, targets: readonly string[], rounds: number): Promise<RotationFanoutResult> {
   const events = new FileEvents();
   const driverSamples: number[] = [];
   const floorSamples: number[] = [];
   const driverLast: number[] = [];
   const floorLast: number[] = [];
+  const cpuPerVolume: number[] = [];
   try {
     for (const target of targets) events.watch(target, isSnapshotSwap);
     for (let round = 0; round < rounds; round++) {
+      const cpuBefore = await cpuSeconds(driverPid);
       const pushedAt = await agent.rotate();
       const swapped = await events.waitForAll(targets, pushedAt, 30_000);
+      cpuPerVolume.push((((await cpuSeconds(driverPid)) - cpuBefore) * 1000) / targets.length);
       const latencies = swapped.map((time) => time - pushedAt);
       driverSamples.push(...latencies);
       driverLast.push(Math.max(...latencies));
@@ -51,6 +57,7 @@ export async function measureRotationFanout(agent: FakeAgentProcess, targets: re
     floor: distribution(floorSamples),
     driverLastMs: median(driverLast),
     floorLastMs: median(floorLast),
+    driverCpuMsPerVolume: median(cpuPerVolume),
   };
 }
 

@@ -8,7 +8,7 @@ import type { SpireFixture } from "../../test/support/spire-fixture.js";
 import { now } from "../clock.js";
 import { FileEvents, isSnapshotSwap } from "../file-events.js";
 import { RotationClock } from "../rotation-clock.js";
-import { residentBytes, settledResidentBytes } from "../process-usage.js";
+import { cpuPercentOver, residentBytes, settledResidentBytes } from "../process-usage.js";
 import { distribution, type Distribution } from "../stats.js";
 import { makePods, volumeName } from "../workload.js";
 
@@ -39,6 +39,22 @@ export interface PeerComparisonRow {
   /** Agent push (seen by a reference subscriber) → each workload's files on disk. */
   helperRotation: Distribution;
   driverRotation: Distribution;
+  /** What the node pays besides: the SPIRE agent serving the N workloads each way, and the CPU of each side, over the same window. */
+  agentCost: {
+    /** The agent's RSS with neither side running (before the helpers start). */
+    agentIdleRssBytes: number;
+    withHelpers: SideCost;
+    withDriver: SideCost;
+  };
+}
+
+/** One side's steady state over a window (rotations included): CPU in percent of one core. */
+export interface SideCost {
+  agentRssBytes: number;
+  agentCpuPercent: number;
+  /** The N helpers together, or the driver (with its mount shells). */
+  deliveryCpuPercent: number;
+  deliveryRssBytes: number;
 }
 
 export interface PeerComparisonOptions {
@@ -48,12 +64,15 @@ export interface PeerComparisonOptions {
   workDir: string;
   counts: readonly number[];
   settleMs: number;
+  /** How long each side's CPU use is sampled, with the N workloads in place. */
+  cpuWindowMs: number;
 }
 
 /**
- * spiffe-helper (one process per workload, Workload API) next to the driver (one process, one
- * volume per workload) on the same real agent: total memory for N workloads and how long after
- * an agent rotation each workload's files change.
+ * spiffe-helper (one process per workload, Workload API) against the driver (one process, one
+ * volume per workload) on the same real agent, one side at a time: total memory for N workloads,
+ * what the agent itself costs serving each side, and how long after an agent rotation each
+ * workload's files change.
  */
 export async function compareWithSpiffeHelper(options: PeerComparisonOptions): Promise<PeerComparisonRow[]> {
   const { spire, node } = options;
@@ -76,32 +95,36 @@ export async function compareWithSpiffeHelper(options: PeerComparisonOptions): P
   const rows: PeerComparisonRow[] = [];
   try {
     for (const count of options.counts) {
+      const agentPid = spire.agentPid!;
+      const agentIdleRssBytes = await residentBytes(agentPid);
+      // The helpers alone.
       const helpers = await startHelpers({ ...options, helperBinary }, count);
-      const events = new FileEvents();
+      let helperSide: { cost: SideCost; rotation: Distribution };
       try {
-        const driverIdleRss = await settledResidentBytes(node.driver.pid!, 0);
-        const pods = makePods(count, "peer", "peer");
+        const helperPids = helpers.map((helper) => helper.process.pid!);
+        await sleep(options.settleMs);
+        helperSide = await measureSide(agentPid, helperPids, helpers.map((helper) => ({ dir: helper.certDir, matches: (name: string) => helperFiles.has(name) })), helperRotations, options.cpuWindowMs);
+      } finally {
+        await Promise.all(helpers.map((helper) => stopProcess(helper.process)));
+      }
+      // The driver alone, serving the same number of workloads.
+      const driverIdleRss = await settledResidentBytes(node.driver.pid!, 0);
+      const pods = makePods(count, "peer", "peer");
+      try {
         const volumes = await Promise.all(pods.map((pod) => node.kubelet.publish(pod, volumeName)));
         await sleep(options.settleMs);
-        const helperRss = (await Promise.all(helpers.map((helper) => residentBytes(helper.process.pid!)))).reduce((a, b) => a + b, 0);
-        const driverRss = await settledResidentBytes(node.driver.pid!, 0);
-        for (const helper of helpers) events.watch(helper.certDir, (name) => helperFiles.has(name));
-        for (const volume of volumes) events.watch(volume.targetPath, isSnapshotSwap);
-        const armedAt = now();
-        const [helperPush, driverPush] = await Promise.all([helperRotations.next(armedAt, rotationWaitMs), driverRotations.next(armedAt, rotationWaitMs)]);
-        await sleep(rotationWindowMs);
+        const driverSide = await measureSide(agentPid, [node.driver.pid!], volumes.map((volume) => ({ dir: volume.targetPath, matches: isSnapshotSwap })), driverRotations, options.cpuWindowMs);
         rows.push({
           workloads: count,
-          helperRssBytes: helperRss,
-          driverRssBytes: driverRss,
+          helperRssBytes: helperSide.cost.deliveryRssBytes,
+          driverRssBytes: driverSide.cost.deliveryRssBytes,
           driverIdleRssBytes: driverIdleRss,
-          helperRotation: rotationLatencies(events, helpers.map((helper) => helper.certDir), helperPush),
-          driverRotation: rotationLatencies(events, volumes.map((volume) => volume.targetPath), driverPush),
+          helperRotation: helperSide.rotation,
+          driverRotation: driverSide.rotation,
+          agentCost: { agentIdleRssBytes, withHelpers: helperSide.cost, withDriver: driverSide.cost },
         });
-        await node.kubelet.unpublishAll();
       } finally {
-        events.close();
-        await Promise.all(helpers.map((helper) => stopProcess(helper.process)));
+        await node.kubelet.unpublishAll();
       }
     }
   } finally {
@@ -109,6 +132,34 @@ export async function compareWithSpiffeHelper(options: PeerComparisonOptions): P
     driverRotations.close();
   }
   return rows;
+}
+
+/**
+ * One side in steady state: RSS of the agent and of the delivering processes (and their
+ * children), CPU of both over `cpuWindowMs`, then the next agent rotation → each workload's files.
+ */
+async function measureSide(
+  agentPid: number,
+  deliveryPids: readonly number[],
+  dirs: readonly { dir: string; matches: (name: string) => boolean }[],
+  rotations: RotationClock,
+  cpuWindowMs: number,
+): Promise<{ cost: SideCost; rotation: Distribution }> {
+  const deliveryRssBytes = (await Promise.all(deliveryPids.map((pid) => settledResidentBytes(pid, 0)))).reduce((a, b) => a + b, 0);
+  const agentRssBytes = await residentBytes(agentPid);
+  const [agentCpuPercent, ...deliveryCpu] = await Promise.all([agentPid, ...deliveryPids].map((pid) => cpuPercentOver(pid, cpuWindowMs)));
+  const events = new FileEvents();
+  try {
+    for (const { dir, matches } of dirs) events.watch(dir, matches);
+    const pushedAt = await rotations.next(now(), rotationWaitMs);
+    await sleep(rotationWindowMs);
+    return {
+      cost: { agentRssBytes, agentCpuPercent: agentCpuPercent!, deliveryCpuPercent: deliveryCpu.reduce((a, b) => a + b, 0), deliveryRssBytes },
+      rotation: rotationLatencies(events, dirs.map(({ dir }) => dir), pushedAt),
+    };
+  } finally {
+    events.close();
+  }
 }
 
 /**

@@ -8,3 +8,22 @@ export function toPem(label: string, der: Uint8Array): string {
 export function certificatesToPem(ders: readonly Uint8Array[]): string {
   return ders.map((der) => toPem("CERTIFICATE", der)).join("");
 }
+
+/**
+ * Keyed by the bundle's array itself: the bundle feed decodes every changed bundle into a new
+ * array and never alters one it handed out, so an entry cannot outlive the bundle it renders.
+ */
+const bundlePems = new WeakMap<readonly Uint8Array[], string>();
+
+/**
+ * A trust bundle as PEM, encoded once per bundle however many volumes write it: a bundle
+ * rotation or an SVID fan-out renders the same bundle into every volume of the trust domain.
+ */
+export function bundleToPem(bundle: readonly Uint8Array[]): string {
+  let pem = bundlePems.get(bundle);
+  if (pem === undefined) {
+    pem = certificatesToPem(bundle);
+    bundlePems.set(bundle, pem);
+  }
+  return pem;
+}

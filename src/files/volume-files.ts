@@ -1,6 +1,6 @@
 import type { X509Identity } from "../spire/x509-identity.js";
 import { envoySdsResponse, type EnvoyValidator } from "./envoy-sds.js";
-import { certificatesToPem, toPem } from "./pem.js";
+import { bundleToPem, certificatesToPem, toPem } from "./pem.js";
 import { pkcs12Keystore, pkcs12Truststore } from "./pkcs12.js";
 import type { SnapshotFile } from "./snapshot-file.js";
 
@@ -53,20 +53,27 @@ interface FederatedBundle {
  * file (spiffe-fs: one file per trust domain, never merged), the federated ones merged into it or
  * written each to its own file, as `federated-bundles` says.
  */
-function trustBundleFiles(attributes: LayoutOptions, ownTrustDomain: string, own: readonly Uint8Array[], federated: readonly FederatedBundle[]): SnapshotFile[] {
+function trustBundleFiles(
+  attributes: LayoutOptions,
+  ownTrustDomain: string,
+  own: readonly Uint8Array[],
+  intermediates: readonly Uint8Array[],
+  federated: readonly FederatedBundle[],
+): SnapshotFile[] {
   const files: SnapshotFile[] = [];
+  const ownPem = bundleToPem(own) + certificatesToPem(intermediates);
   if (attributes.layout === "spiffe-fs") {
-    files.push({ name: trustBundleFileName(ownTrustDomain), content: certificatesToPem(own), secret: false });
+    files.push({ name: trustBundleFileName(ownTrustDomain), content: ownPem, secret: false });
   } else {
-    const merged = attributes.federatedBundles === "merge" ? federated.flatMap((entry) => entry.certs) : [];
-    files.push({ name: attributes.files.bundle, content: certificatesToPem([...own, ...merged]), secret: false });
+    const merged = attributes.federatedBundles === "merge" ? federated.map((entry) => bundleToPem(entry.certs)).join("") : "";
+    files.push({ name: attributes.files.bundle, content: ownPem + merged, secret: false });
   }
   if (attributes.federatedBundles === "files") {
-    for (const entry of federated) files.push({ name: trustBundleFileName(entry.trustDomain), content: certificatesToPem(entry.certs), secret: false });
+    for (const entry of federated) files.push({ name: trustBundleFileName(entry.trustDomain), content: bundleToPem(entry.certs), secret: false });
   }
   if (attributes.keystore) {
     const trusted = attributes.federatedBundles === "none" ? [] : federated;
-    files.push({ name: truststoreFileName, content: pkcs12Truststore([{ trustDomain: ownTrustDomain, certs: own }, ...trusted], attributes.keystore.password), secret: false });
+    files.push({ name: truststoreFileName, content: pkcs12Truststore([{ trustDomain: ownTrustDomain, certs: [...own, ...intermediates] }, ...trusted], attributes.keystore.password), secret: false });
   }
   return files;
 }
@@ -80,7 +87,7 @@ export function renderBundleOnlyFiles(attributes: LayoutOptions, ownTrustDomain:
     .filter(([trustDomain]) => trustDomain !== ownTrustDomain)
     .sort(([a], [b]) => a.localeCompare(b))
     .map(([trustDomain, certs]) => ({ trustDomain, certs }));
-  return trustBundleFiles(attributes, ownTrustDomain, bundles.get(ownTrustDomain) ?? [], federated);
+  return trustBundleFiles(attributes, ownTrustDomain, bundles.get(ownTrustDomain) ?? [], [], federated);
 }
 
 /**
@@ -107,7 +114,7 @@ export function renderVolumeFiles(attributes: LayoutOptions, input: SnapshotInpu
     files.push({ name: attributes.files.cert, content: chainPem, secret: false });
     files.push({ name: attributes.files.key, content: keyPem, secret: true });
   }
-  files.push(...trustBundleFiles(attributes, identity.trustDomain, [...own, ...intermediates], federated));
+  files.push(...trustBundleFiles(attributes, identity.trustDomain, own, intermediates, federated));
   if (attributes.keystore) {
     files.push({ name: keystoreFileName, content: pkcs12Keystore(identity.keyPkcs8Der, identity.certChainDer, attributes.keystore.password), secret: true });
   }
@@ -142,7 +149,10 @@ export function renderVolumeFiles(attributes: LayoutOptions, input: SnapshotInpu
         chainPem,
         keyPem,
         validator: attributes.envoySds.validator,
-        bundles: [{ trustDomain: identity.trustDomain, certs: [...own, ...intermediates] }, ...federated].map(({ trustDomain, certs }) => ({ trustDomain, pem: certificatesToPem(certs) })),
+        bundles: [
+          { trustDomain: identity.trustDomain, pem: bundleToPem(own) + certificatesToPem(intermediates) },
+          ...federated.map(({ trustDomain, certs }) => ({ trustDomain, pem: bundleToPem(certs) })),
+        ],
       }),
       secret: true,
     });

@@ -1,6 +1,7 @@
 import { X509Certificate } from "node:crypto";
 import { isTrustDomainName, trustDomainOfKey } from "../config/trust-domain.js";
 import { keyMatchesCertificate } from "./key-match.js";
+import { SvidCheckCache, type SvidCheck } from "./svid-check-cache.js";
 import type { SubscribeToX509SVIDsResponse } from "../gen/spire/api/agent/delegatedidentity/v1/delegatedidentity_pb.js";
 
 /** One X.509-SVID from the agent that passed every check, ready to be written. */
@@ -26,12 +27,34 @@ export interface X509SvidSet {
   rejected: { spiffeId: string; reason: string }[];
 }
 
+/** One cache for the process: the same SVID on many volumes' streams is checked once. */
+const sharedSvidChecks = new SvidCheckCache();
+
+/** The checks that depend only on the SVID's bytes: the chain parses, the leaf names the SPIFFE ID, the key is the leaf's. */
+function checkChainAndKey(spiffeId: string, certChain: readonly Uint8Array[], key: Uint8Array): SvidCheck {
+  try {
+    const leaf = new X509Certificate(certChain[0]!);
+    for (const der of certChain.slice(1)) new X509Certificate(der);
+    const uris = (leaf.subjectAltName ?? "")
+      .split(", ")
+      .filter((name) => name.startsWith("URI:"))
+      .map((name) => name.slice(4));
+    if (uris.length !== 1 || uris[0] !== spiffeId) {
+      return { ok: false, reason: `leaf URI SAN ${JSON.stringify(uris)} is not the SVID's SPIFFE ID` };
+    }
+    if (!keyMatchesCertificate(leaf, certChain[0]!, key)) return { ok: false, reason: "private key does not match the leaf certificate" };
+    return { ok: true, serialNumber: leaf.serialNumber, notAfterMs: Date.parse(leaf.validTo), notAfter: leaf.validTo };
+  } catch (error) {
+    return { ok: false, reason: (error as Error).message };
+  }
+}
+
 /**
  * Checks every SVID of a stream message: the chain parses, the leaf's URI SAN is the SVID's
  * SPIFFE ID, the key is PKCS#8 and belongs to the leaf, and the leaf has not expired. Data that
  * fails is rejected here so a volume keeps its last good snapshot instead of receiving it.
  */
-export function parseX509SvidSet(response: SubscribeToX509SVIDsResponse, nowMs = Date.now()): X509SvidSet {
+export function parseX509SvidSet(response: SubscribeToX509SVIDsResponse, nowMs = Date.now(), checks = sharedSvidChecks): X509SvidSet {
   const identities: X509Identity[] = [];
   const rejected: X509SvidSet["rejected"] = [];
   for (const entry of response.x509Svids) {
@@ -41,17 +64,9 @@ export function parseX509SvidSet(response: SubscribeToX509SVIDsResponse, nowMs =
       if (!svid?.id) throw new Error("SVID has no SPIFFE ID");
       if (!isTrustDomainName(svid.id.trustDomain)) throw new Error("its trust domain is not a valid SPIFFE trust domain name");
       if (svid.certChain.length === 0) throw new Error("empty certificate chain");
-      const leaf = new X509Certificate(svid.certChain[0]!);
-      for (const der of svid.certChain.slice(1)) new X509Certificate(der);
-      const uris = (leaf.subjectAltName ?? "")
-        .split(", ")
-        .filter((name) => name.startsWith("URI:"))
-        .map((name) => name.slice(4));
-      if (uris.length !== 1 || uris[0] !== spiffeId) {
-        throw new Error(`leaf URI SAN ${JSON.stringify(uris)} is not the SVID's SPIFFE ID`);
-      }
-      if (!keyMatchesCertificate(leaf, svid.certChain[0]!, entry.x509SvidKey)) throw new Error("private key does not match the leaf certificate");
-      if (Date.parse(leaf.validTo) <= nowMs) throw new Error(`leaf expired at ${leaf.validTo}`);
+      const checked = checks.check(spiffeId, svid.certChain, entry.x509SvidKey, () => checkChainAndKey(spiffeId, svid.certChain, entry.x509SvidKey));
+      if (!checked.ok) throw new Error(checked.reason);
+      if (checked.notAfterMs <= nowMs) throw new Error(`leaf expired at ${checked.notAfter}`);
       identities.push({
         spiffeId,
         trustDomain: svid.id.trustDomain,
@@ -59,7 +74,7 @@ export function parseX509SvidSet(response: SubscribeToX509SVIDsResponse, nowMs =
         certChainDer: svid.certChain,
         keyPkcs8Der: entry.x509SvidKey,
         expiresAt: Number(svid.expiresAt),
-        serialNumber: leaf.serialNumber,
+        serialNumber: checked.serialNumber,
       });
     } catch (error) {
       rejected.push({ spiffeId, reason: (error as Error).message });

@@ -19,6 +19,7 @@ import type { VolumeSpec } from "./volume-spec.js";
 import type { SnapshotCause, VolumeObserver } from "./volume-observer.js";
 import type { VolumeState, WrittenIdentity } from "./volume-state.js";
 import type { SnapshotFile } from "../files/snapshot-file.js";
+import type { FanoutLog } from "./fanout-log.js";
 import { isStillTarget, type PreparedTarget } from "../files/target-mount.js";
 
 export interface VolumeDependencies {
@@ -34,6 +35,8 @@ export interface VolumeDependencies {
   /** The agent's trust domain: the own bundle of bundle-only volumes (which have no SVID to tell). */
   trustDomain: string | undefined;
   logger: Logger;
+  /** Rewrites after the first write: info alone, debug plus one summary line in a fan-out. */
+  fanoutLog: FanoutLog;
   observer: VolumeObserver;
 }
 
@@ -314,16 +317,12 @@ export class Volume {
       const cause: SnapshotCause =
         previousPhase === "publishing" || previousPhase === "adopting" ? "first" : previousSerial === identity?.serialNumber ? "update" : "rotation";
       this.state = { phase: "live", identity: written };
-      this.logger.info(
-        identity ? { spiffeId: identity.spiffeId, serialNumber: identity.serialNumber, expiresAt: identity.expiresAt } : { bundleOnly: true },
-        previousPhase === "publishing"
-          ? "identity files written"
-          : previousPhase === "adopting"
-            ? "identity files rewritten after restart"
-            : cause === "rotation"
-              ? "identity files rotated"
-              : "identity files updated (trust bundles or JWT-SVIDs)",
-      );
+      const fields = identity ? { spiffeId: identity.spiffeId, serialNumber: identity.serialNumber, expiresAt: identity.expiresAt } : { bundleOnly: true };
+      if (cause === "first") {
+        this.logger.info(fields, previousPhase === "publishing" ? "identity files written" : "identity files rewritten after restart");
+      } else {
+        this.deps.fanoutLog.rewritten(this.logger, fields, cause === "rotation" ? "identity files rotated" : "identity files updated (trust bundles or JWT-SVIDs)", cause);
+      }
       this.deps.observer.snapshotWritten(cause);
       this.firstWrite.resolve();
     }

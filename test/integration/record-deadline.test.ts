@@ -12,6 +12,7 @@ import { createAgentClient } from "../../src/spire/agent-client.js";
 import { jwtBundleFeed, x509BundleFeed } from "../../src/spire/bundle-feed.js";
 import { parseVolumeAttributes } from "../../src/volume/volume-attributes.js";
 import { VolumeManager } from "../../src/volume/volume-manager.js";
+import { FanoutLog } from "../../src/volume/fanout-log.js";
 import { startFakeAgent } from "../support/fake-agent.js";
 
 test("a record write whose fsync never returns fails the publish with DEADLINE_EXCEEDED at --publish-timeout", { timeout: 30_000 }, async (t) => {
@@ -43,7 +44,7 @@ test("a record write whose fsync never returns fails the publish with DEADLINE_E
     kubelet: await resolveKubeletPaths(kubeletRoot),
     publishTimeoutMs: 1_000,
     logger,
-    volume: { client, bundles, jwtBundles, availability, limiter, adminSocketPath: agent.socketPath, backoff, jwtFetchTimeoutMs: 30_000, nodeName: "node-1", trustDomain: undefined, logger, observer },
+    volume: { client, bundles, jwtBundles, availability, limiter, adminSocketPath: agent.socketPath, backoff, jwtFetchTimeoutMs: 30_000, nodeName: "node-1", trustDomain: undefined, logger, fanoutLog: new FanoutLog(logger), observer },
   });
   t.after(() => manager.shutdown());
 

@@ -9,7 +9,7 @@ import { readdir } from "node:fs/promises";
 import { after, before, describe, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { checkIdentity } from "../support/identity-files.js";
-import { chartPath, namespace, RealNode, release, waitFor } from "./support/real-node.js";
+import { chartPath, namespace, RealNode, release, waitFor, type PodManifestOptions } from "./support/real-node.js";
 
 const td = "example.org";
 
@@ -34,37 +34,8 @@ describe("real node: image, chart, kubelet, SPIRE", { timeout: 60 * 60_000 }, ()
     await node?.stop();
   });
 
-  function podManifest(name: string, serviceAccount: string, extra: { volumeAttributes?: Record<string, string>; fsGroup?: number; runAsUser?: number; emptyDir?: boolean } = {}): string {
-    const volume = extra.emptyDir
-      ? { name: "spiffe", emptyDir: {} }
-      : { name: "spiffe", csi: { driver: "csi.spire.io", readOnly: true, ...(extra.volumeAttributes ? { volumeAttributes: extra.volumeAttributes } : {}) } };
-    const securityContext = {
-      ...(extra.fsGroup !== undefined ? { fsGroup: extra.fsGroup } : {}),
-      ...(extra.runAsUser !== undefined ? { runAsUser: extra.runAsUser, runAsGroup: extra.runAsUser } : {}),
-    };
-    return JSON.stringify({
-      apiVersion: "v1",
-      kind: "Pod",
-      metadata: { name, namespace: "default", labels: { test: "real-node" } },
-      spec: {
-        nodeName: node.nodeName,
-        serviceAccountName: serviceAccount,
-        hostNetwork: true,
-        // busybox sh as PID 1 ignores SIGTERM.
-        terminationGracePeriodSeconds: 1,
-        securityContext,
-        containers: [
-          {
-            name: "app",
-            image: "localhost/busybox:1",
-            imagePullPolicy: "Never",
-            command: ["sh", "-c", "sleep 1000000"],
-            volumeMounts: [{ name: "spiffe", mountPath: "/spiffe", readOnly: !extra.emptyDir }],
-          },
-        ],
-        volumes: [volume],
-      },
-    });
+  function podManifest(name: string, serviceAccount: string, extra: PodManifestOptions = {}): string {
+    return node.podManifest(name, serviceAccount, extra);
   }
 
   async function serviceAccount(name: string): Promise<void> {
@@ -282,17 +253,10 @@ describe("real node: image, chart, kubelet, SPIRE", { timeout: 60 * 60_000 }, ()
 
   test("pod start to Running, csi.spire.io volume vs emptyDir (printed figures, p50)", async () => {
     const figures: Record<string, number> = {};
+    const times = await node.podStartTimes({ serviceAccount: "web", oneByOne: 20, atOnce: 30 });
     for (const kind of ["csi", "emptyDir"] as const) {
-      const emptyDir = kind === "emptyDir";
-      const oneByOne: number[] = [];
-      for (let i = 0; i < 20; i++) {
-        const name = `start-${kind.toLowerCase()}-${i}`;
-        oneByOne.push(await node.timeToRunning([podManifest(name, "web", { emptyDir })]).then((times) => times[0]!));
-      }
-      const together = await node.timeToRunning(Array.from({ length: 30 }, (_, i) => podManifest(`burst-${kind.toLowerCase()}-${i}`, "web", { emptyDir })));
-      await node.kubectl(["-n", "default", "delete", "pods", "-l", "test=real-node-start", "--wait=true", "--timeout=300s"]);
-      figures[`${kind} one at a time (20), p50 ms`] = p50(oneByOne);
-      figures[`${kind} 30 at once, p50 ms`] = p50(together);
+      figures[`${kind} one at a time (20), p50 ms`] = p50(times[kind].oneByOne);
+      figures[`${kind} 30 at once, p50 ms`] = p50(times[kind].atOnce);
     }
     console.log(`pod start to Running on the real node:\n${Object.entries(figures).map(([key, value]) => `  ${key}: ${value}`).join("\n")}`);
     assert.equal(Object.keys(figures).length, 4);

@@ -44,6 +44,8 @@ export interface SpireOptions {
   agent?: boolean;
   /** A disk UpstreamAuthority (PEM files): the test holds the key of the server's root CA. */
   upstreamAuthority?: { certFile: string; keyFile: string };
+  /** The agent serves Go's pprof on a free loopback port, for counting what it holds open (agentSubscriptions). */
+  agentProfiling?: boolean;
 }
 
 export interface EntryOptions {
@@ -184,6 +186,7 @@ export class SpireFixture {
   /** The agent's own SPIFFE ID: spiffe://<td>/spire/agent/join_token/<token>. */
   agentSpiffeId = "";
   private serverPort = 0;
+  private agentProfilingPort: number | undefined;
   private server: ChildProcess | undefined;
   private agent: ChildProcess | undefined;
   private stopped = false;
@@ -226,6 +229,23 @@ export class SpireFixture {
 
   get agentPid(): number | undefined {
     return alive(this.agent) ? this.agent!.pid : undefined;
+  }
+
+  /**
+   * The Delegated Identity X.509-SVID subscriptions the agent is serving right now: its goroutines
+   * inside SubscribeToX509SVIDs, one per open stream, from pprof (needs `agentProfiling`).
+   */
+  async agentSubscriptions(): Promise<number> {
+    if (this.agentProfilingPort === undefined) throw new Error("start SPIRE with agentProfiling: true to count the agent's subscriptions");
+    const response = await fetch(`http://127.0.0.1:${this.agentProfilingPort}/debug/pprof/goroutine?debug=1`);
+    if (!response.ok) throw new Error(`the agent's pprof answered ${response.status}`);
+    // debug=1 groups identical stacks: "<count> @ <pcs>" then the frames, groups split by a blank line.
+    let subscriptions = 0;
+    for (const group of (await response.text()).split("\n\n")) {
+      const count = /^(\d+) @/m.exec(group)?.[1];
+      if (count !== undefined && /delegatedidentity.*SubscribeToX509SVIDs/.test(group)) subscriptions += Number(count);
+    }
+    return subscriptions;
   }
 
   /** Runs `spire-server <args> -socketPath <server socket>`; returns stdout. */
@@ -459,6 +479,8 @@ ${
   private async writeAgentConfig(joinToken: string): Promise<void> {
     const port = this.serverPort;
     const delegates = (this.options.authorizedDelegates ?? [this.delegateId]).map((id) => `"${id}"`).join(", ");
+    if (this.options.agentProfiling) this.agentProfilingPort ??= await freePort();
+    const profiling = this.agentProfilingPort === undefined ? "" : `  profiling_enabled = true\n  profiling_port = ${this.agentProfilingPort}\n`;
     await writeFile(
       join(this.dir, "agent.conf"),
       `agent {
@@ -472,7 +494,7 @@ ${
   insecure_bootstrap = true
   join_token = "${joinToken}"
   authorized_delegates = [${delegates}]
-  experimental {
+${profiling}  experimental {
     sync_interval = "1s"
   }
 }

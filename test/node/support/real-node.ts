@@ -44,6 +44,17 @@ export async function waitFor<T>(what: string, timeoutMs: number, check: () => P
   }
 }
 
+export interface PodManifestOptions {
+  volumeAttributes?: Record<string, string>;
+  fsGroup?: number;
+  runAsUser?: number;
+  /** An emptyDir instead of the csi.spire.io volume: the baseline of pod start times. */
+  emptyDir?: boolean;
+}
+
+/** Milliseconds from create to Running, per pod, for each kind of volume. */
+export type PodStartTimes = Record<"csi" | "emptyDir", { oneByOne: number[]; atOnce: number[] }>;
+
 interface NodeEnv {
   KUBECONFIG: string;
   KUBECTL: string;
@@ -139,6 +150,64 @@ export class RealNode {
   /** An image label as buildah reads it from containers-storage. */
   async imageLabel(tag: string, label: string): Promise<string> {
     return (await sh("buildah", ["inspect", "--type", "image", "--format", `{{index .OCIv1.Config.Labels "${label}"}}`, `${imageRepository}:${tag}`])).trim();
+  }
+
+  /**
+   * A host-network busybox pod on this node mounting the csi.spire.io volume (or an emptyDir) at
+   * /spiffe, as JSON.
+   */
+  podManifest(name: string, serviceAccount: string, extra: PodManifestOptions = {}): string {
+    const volume = extra.emptyDir
+      ? { name: "spiffe", emptyDir: {} }
+      : { name: "spiffe", csi: { driver: "csi.spire.io", readOnly: true, ...(extra.volumeAttributes ? { volumeAttributes: extra.volumeAttributes } : {}) } };
+    const securityContext = {
+      ...(extra.fsGroup !== undefined ? { fsGroup: extra.fsGroup } : {}),
+      ...(extra.runAsUser !== undefined ? { runAsUser: extra.runAsUser, runAsGroup: extra.runAsUser } : {}),
+    };
+    return JSON.stringify({
+      apiVersion: "v1",
+      kind: "Pod",
+      metadata: { name, namespace: "default", labels: { test: "real-node" } },
+      spec: {
+        nodeName: this.nodeName,
+        serviceAccountName: serviceAccount,
+        hostNetwork: true,
+        // busybox sh as PID 1 ignores SIGTERM.
+        terminationGracePeriodSeconds: 1,
+        securityContext,
+        containers: [
+          {
+            name: "app",
+            image: "localhost/busybox:1",
+            imagePullPolicy: "Never",
+            command: ["sh", "-c", "sleep 1000000"],
+            volumeMounts: [{ name: "spiffe", mountPath: "/spiffe", readOnly: !extra.emptyDir }],
+          },
+        ],
+        volumes: [volume],
+      },
+    });
+  }
+
+  /**
+   * Pod start to Running with the csi.spire.io volume and with an emptyDir: `oneByOne` pods each
+   * created after the previous one runs, then `atOnce` pods in one apply; all deleted after. The
+   * service account must exist and have an entry.
+   */
+  async podStartTimes(options: { serviceAccount: string; oneByOne: number; atOnce: number }): Promise<PodStartTimes> {
+    const times = {} as PodStartTimes;
+    for (const kind of ["csi", "emptyDir"] as const) {
+      const emptyDir = kind === "emptyDir";
+      const oneByOne: number[] = [];
+      for (let i = 0; i < options.oneByOne; i++) {
+        const name = `start-${kind.toLowerCase()}-${i}`;
+        oneByOne.push(await this.timeToRunning([this.podManifest(name, options.serviceAccount, { emptyDir })]).then((each) => each[0]!));
+      }
+      const atOnce = await this.timeToRunning(Array.from({ length: options.atOnce }, (_, i) => this.podManifest(`burst-${kind.toLowerCase()}-${i}`, options.serviceAccount, { emptyDir })));
+      await this.kubectl(["-n", "default", "delete", "pods", "-l", "test=real-node-start", "--wait=true", "--timeout=300s"]);
+      times[kind] = { oneByOne, atOnce };
+    }
+    return times;
   }
 
   /**
