@@ -141,6 +141,8 @@ describe("storage faults and kubelet retry storms (tmpfs backing)", { timeout: 5
       // tmpfs, no stream, nothing written into the dead pod's dir); the record waits.
       const streams = fx.agent.openX509Streams;
       await fx.driver.restart("SIGTERM");
+      // The new process listens on a new ephemeral port; the later tests read its metrics.
+      metricsUrl = `http://${String((await fx.driver.waitForLog((line) => line.msg === "metrics and health endpoints listening")).address)}/metrics`;
       const adoption = await fx.driver.waitForLog((line) => line.msg === "re-adopted recorded volumes");
       assert.equal(adoption.adopted, 0);
       await fx.driver.waitForLog((line) => line.volumeId === volume.volumeId && /target is gone but its record could not be dropped/.test(line.msg));
