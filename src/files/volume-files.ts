@@ -1,7 +1,6 @@
 import type { X509Identity } from "../spire/x509-identity.js";
 import { envoySdsResponse, type EnvoyValidator } from "./envoy-sds.js";
 import { bundleToPem, certificatesToPem, toPem } from "./pem.js";
-import { pkcs12Keystore, pkcs12Truststore } from "./pkcs12.js";
 import type { SnapshotFile } from "./snapshot-file.js";
 
 /** Everything one snapshot is made from. */
@@ -16,6 +15,28 @@ export interface SnapshotInput {
   jwtTokens: ReadonlyMap<string, string>;
   /** JWKS JSON by trust domain name. */
   jwtBundles: ReadonlyMap<string, string>;
+  /** Needed (loadPkcs12Writers) when the volume asks for keystores. */
+  pkcs12?: Pkcs12Writers;
+}
+
+/** The PKCS#12 keystore and truststore writers. */
+export type Pkcs12Writers = Pick<typeof import("./pkcs12.js"), "pkcs12Keystore" | "pkcs12Truststore">;
+
+let pkcs12Writers: Promise<Pkcs12Writers> | undefined;
+
+/**
+ * Loads the PKCS#12 writers on first use: they pull in the ASN.1 libraries (about 10 MB of RSS)
+ * that only volumes with `csi.spire.io/keystore-password` need, so a driver without such volumes
+ * never holds them.
+ */
+export function loadPkcs12Writers(): Promise<Pkcs12Writers> {
+  pkcs12Writers ??= import("./pkcs12.js");
+  return pkcs12Writers;
+}
+
+function requirePkcs12(writers: Pkcs12Writers | undefined): Pkcs12Writers {
+  if (!writers) throw new Error("rendering keystores needs the PKCS#12 writers; load them with loadPkcs12Writers() first");
+  return writers;
 }
 
 export type Layout = "kubernetes-tls" | "spiffe-helper" | "spiffe-fs";
@@ -59,6 +80,7 @@ function trustBundleFiles(
   own: readonly Uint8Array[],
   intermediates: readonly Uint8Array[],
   federated: readonly FederatedBundle[],
+  pkcs12: Pkcs12Writers | undefined,
 ): SnapshotFile[] {
   const files: SnapshotFile[] = [];
   const ownPem = bundleToPem(own) + certificatesToPem(intermediates);
@@ -73,7 +95,7 @@ function trustBundleFiles(
   }
   if (attributes.keystore) {
     const trusted = attributes.federatedBundles === "none" ? [] : federated;
-    files.push({ name: truststoreFileName, content: pkcs12Truststore([{ trustDomain: ownTrustDomain, certs: [...own, ...intermediates] }, ...trusted], attributes.keystore.password), secret: false });
+    files.push({ name: truststoreFileName, content: requirePkcs12(pkcs12).pkcs12Truststore([{ trustDomain: ownTrustDomain, certs: [...own, ...intermediates] }, ...trusted], attributes.keystore.password), secret: false });
   }
   return files;
 }
@@ -82,12 +104,17 @@ function trustBundleFiles(
  * The files of a bundle-only volume. With no SVID there is no federates_with list, so every
  * other trust domain the agent holds a bundle for counts as federated.
  */
-export function renderBundleOnlyFiles(attributes: LayoutOptions, ownTrustDomain: string, bundles: ReadonlyMap<string, readonly Uint8Array[]>): SnapshotFile[] {
+export function renderBundleOnlyFiles(
+  attributes: LayoutOptions,
+  ownTrustDomain: string,
+  bundles: ReadonlyMap<string, readonly Uint8Array[]>,
+  pkcs12?: Pkcs12Writers,
+): SnapshotFile[] {
   const federated = [...bundles]
     .filter(([trustDomain]) => trustDomain !== ownTrustDomain)
     .sort(([a], [b]) => a.localeCompare(b))
     .map(([trustDomain, certs]) => ({ trustDomain, certs }));
-  return trustBundleFiles(attributes, ownTrustDomain, bundles.get(ownTrustDomain) ?? [], [], federated);
+  return trustBundleFiles(attributes, ownTrustDomain, bundles.get(ownTrustDomain) ?? [], [], federated, pkcs12);
 }
 
 /**
@@ -114,9 +141,9 @@ export function renderVolumeFiles(attributes: LayoutOptions, input: SnapshotInpu
     files.push({ name: attributes.files.cert, content: chainPem, secret: false });
     files.push({ name: attributes.files.key, content: keyPem, secret: true });
   }
-  files.push(...trustBundleFiles(attributes, identity.trustDomain, own, intermediates, federated));
+  files.push(...trustBundleFiles(attributes, identity.trustDomain, own, intermediates, federated, input.pkcs12));
   if (attributes.keystore) {
-    files.push({ name: keystoreFileName, content: pkcs12Keystore(identity.keyPkcs8Der, identity.certChainDer, attributes.keystore.password), secret: true });
+    files.push({ name: keystoreFileName, content: requirePkcs12(input.pkcs12).pkcs12Keystore(identity.keyPkcs8Der, identity.certChainDer, attributes.keystore.password), secret: true });
   }
 
   if (attributes.allSvids) {

@@ -12,7 +12,7 @@ import { ReconnectingStream } from "../spire/reconnecting-stream.js";
 import { parseX509SvidSet, type X509Identity } from "../spire/x509-identity.js";
 import type { SubscribeToX509SVIDsResponse } from "../gen/spire/api/agent/delegatedidentity/v1/delegatedidentity_pb.js";
 import { writeSnapshot } from "../files/atomic-snapshot.js";
-import { renderBundleOnlyFiles, renderVolumeFiles } from "../files/volume-files.js";
+import { loadPkcs12Writers, renderBundleOnlyFiles, renderVolumeFiles, type Pkcs12Writers } from "../files/volume-files.js";
 import { chooseSvid } from "./svid-choice.js";
 import { formatSelectors, podSelectors, type Selector } from "./selectors.js";
 import type { VolumeSpec } from "./volume-spec.js";
@@ -271,9 +271,10 @@ export class Volume {
     } catch {
       return;
     }
+    const pkcs12 = this.spec.attributes.keystore ? await loadPkcs12Writers() : undefined;
     while (this.writeWanted) {
       this.writeWanted = false;
-      const files = this.renderFiles();
+      const files = this.renderFiles(pkcs12);
       if (!files) continue;
       const key = contentFingerprint(files);
       if (key === this.writtenKey) {
@@ -329,7 +330,7 @@ export class Volume {
   }
 
   /** This moment's files, or undefined (with the reason kept) while something they need is missing. */
-  private renderFiles(): SnapshotFile[] | undefined {
+  private renderFiles(pkcs12: Pkcs12Writers | undefined): SnapshotFile[] | undefined {
     const bundles = this.deps.bundles.current;
     if (this.spec.attributes.bundleOnly) {
       const trustDomain = this.deps.trustDomain!;
@@ -337,7 +338,7 @@ export class Volume {
         this.lastObservation = { kind: "no-bundle", trustDomain };
         return undefined;
       }
-      return renderBundleOnlyFiles(this.spec.attributes, trustDomain, bundles);
+      return renderBundleOnlyFiles(this.spec.attributes, trustDomain, bundles, pkcs12);
     }
     const identity = this.identity!;
     if (!bundles.get(identity.trustDomain)?.length) {
@@ -356,6 +357,7 @@ export class Volume {
       federatesWith: this.federatesWith,
       jwtTokens: this.jwtTokens,
       jwtBundles: this.deps.jwtBundles.current,
+      pkcs12,
     });
   }
 }
