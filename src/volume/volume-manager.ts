@@ -188,8 +188,8 @@ export class VolumeManager {
     // publish finds and reuses the mount, its unpublish removes a mount it finds without a record.
     // Both settle before a failure is reported, so the cleanup never races a mount still in flight.
     // Every step is bounded by the publish deadline, so a hung mount(8) or a disk that stops
-    // answering an fsync gets kubelet a DEADLINE_EXCEEDED in time instead of a call that never
-    // returns. The mount runner kills a mount at the deadline; an fsync cannot be cancelled, so the
+    // answering a write gets kubelet a DEADLINE_EXCEEDED in time instead of a call that never
+    // returns. The mount runner kills a mount at the deadline; a write cannot be cancelled, so the
     // record write goes on in the background (in order with this volume's later record writes).
     const deadline = performance.now() + this.options.publishTimeoutMs;
     const recordWritten = within(this.options.store.put(toRecord(spec)), this.options.publishTimeoutMs, `writing the record of ${spec.volumeId}`).catch(

@@ -15,7 +15,7 @@ import { VolumeManager } from "../../src/volume/volume-manager.js";
 import { FanoutLog } from "../../src/volume/fanout-log.js";
 import { startFakeAgent } from "../support/fake-agent.js";
 
-test("a record write whose fsync never returns fails the publish with DEADLINE_EXCEEDED at --publish-timeout", { timeout: 30_000 }, async (t) => {
+test("a record write that never returns fails the publish with DEADLINE_EXCEEDED at --publish-timeout", { timeout: 30_000 }, async (t) => {
   const dir = await mkdtemp("/tmp/scsi-rec-");
   t.after(() => rm(dir, { recursive: true, force: true }));
   const agent = await startFakeAgent({ socketPath: join(dir, "agent.sock") });
@@ -23,7 +23,7 @@ test("a record write whose fsync never returns fails the publish with DEADLINE_E
   await agent.addEntry({ id: "web", spiffeId: "spiffe://example.org/ns/demo/sa/web", selectors: [{ type: "k8s", value: "ns:demo" }] });
 
   const store = await MetadataStore.open(join(dir, "meta"));
-  // A disk that stops answering: the write (and its fsync) never completes.
+  // A disk that stops answering: the write never completes.
   store.put = () => new Promise<void>(() => undefined);
   const logger = pino({ level: "silent" });
   const client = createAgentClient(agent.socketPath);
