@@ -13,6 +13,7 @@ import { parseArgs } from "node:util";
 import { fileURLToPath } from "node:url";
 import { startDriverNode, type DriverNode } from "../test/support/driver-node.js";
 import { delegatedIdentityClient, SpireFixture, spireVersion } from "../test/support/spire-fixture.js";
+import { options as driverOptions } from "../src/config/config.js";
 import { podSelectors } from "../src/volume/selectors.js";
 import { FakeAgentProcess } from "./fake-agent-process.js";
 import { cpuPercentOver, settledResidentBytes } from "./process-usage.js";
@@ -73,7 +74,10 @@ const progress = (message: string) => process.stderr.write(`[bench] ${message}\n
 
 /** Production settings (compiled code, the image's node flags, tmpfs per volume, info logs) unless `backing` says otherwise. */
 function startBenchNode(agentSocket: string, backing: "tmpfs" | "directory" = "tmpfs"): Promise<DriverNode> {
-  return startDriverNode(agentSocket, { entry: "build", logLevel: "info", volumeBacking: backing, nodeId: benchNodeName }, "/tmp/scsi-bench-");
+  // The driver's own resubscribe backoff, not the test harness's faster one: the agent-down CPU
+  // figure depends on it.
+  const reconnect = { reconnectMin: driverOptions["reconnect-min"].default, reconnectMax: driverOptions["reconnect-max"].default };
+  return startDriverNode(agentSocket, { entry: "build", logLevel: "info", volumeBacking: backing, nodeId: benchNodeName, ...reconnect }, "/tmp/scsi-bench-");
 }
 
 /** The fake-agent scenarios; undefined when none of them is selected. */
