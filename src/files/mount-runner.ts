@@ -164,6 +164,16 @@ class ShellWorker {
  * of each request of the batch is read from the mount table: done ones resolve, the ones past
  * their deadline reject with MountTimeoutError, the rest are queued again to run alone, so a hung
  * target can delay an innocent neighbour once but never make it fail before its own deadline.
+ *
+ * Why processes and not mount(2)/umount2(2) called through an FFI: koffi 3.3.4's async calls
+ * (tried for issue 14) were faster for one pod, not for 250 (README, Performance), and they run
+ * on libuv's thread pool, four threads that every fs.promises call of the driver shares. A
+ * thread stuck in mount(2) can be neither killed nor given back; with four stuck, a record write
+ * or a mount-table read waits as long as they do (four calls blocked for 3 s held an fs.promises
+ * readFile for 3001 ms, three for 2 ms), so a few wedged targets would stop every publish and
+ * unpublish on the node. A stuck mount(8) is a process of its own: its group is killed at the
+ * deadline and the driver's threads never wait for it. koffi also throws once 256 async calls
+ * are queued, fewer than a 300-pod burst makes.
  */
 export class MountRunner {
   private readonly workers: ShellWorker[] = [];
