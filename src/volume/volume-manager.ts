@@ -222,7 +222,8 @@ export class VolumeManager {
         logger.error({ volumeId: spec.volumeId, err: cleanupError }, "cleaning up a failed publish failed"),
       );
       // The publish's own error is what kubelet must see; a record left behind is dropped at the
-      // next start, since kubelet removes the target after a final error.
+      // next start, since its target is gone by then (removed just above, or by kubelet after a
+      // final error).
       await within(this.options.store.delete(spec.volumeId), Math.max(0, cleanupDeadline - performance.now()), `removing the record of ${spec.volumeId}`).catch(
         (cleanupError: unknown) => logger.error({ volumeId: spec.volumeId, err: cleanupError }, "removing the record of a failed publish failed"),
       );
