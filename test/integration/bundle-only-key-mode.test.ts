@@ -1,16 +1,15 @@
 import assert from "node:assert/strict";
 import { X509Certificate } from "node:crypto";
-import { readdir, readFile, stat, writeFile } from "node:fs/promises";
+import { readFile, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { Code } from "@connectrpc/connect";
-import { pemBlocks, readVolumeIdentity } from "../support/identity-files.js";
+import { pemBlocks, readVolumeIdentity, visibleFiles } from "../support/identity-files.js";
 import { startDriverFixture, type DriverFixture } from "./driver-fixture.js";
 
 const pod = { uid: "b0d1e5a0-0000-4000-8000-000000000001", name: "api-0", namespace: "shop", serviceAccount: "api" };
 /** A pod no registration entry matches: only a bundle-only volume can serve it. */
 const stranger = { uid: "b0d1e5a0-0000-4000-8000-000000000002", name: "curl-0", namespace: "tools", serviceAccount: "curl" };
-const visible = async (dir: string) => (await readdir(dir)).filter((name) => !name.startsWith("..")).sort();
 const modeOf = async (path: string) => (await stat(path)).mode & 0o777;
 
 describe("bundle-only volumes and csi.spire.io/key-mode", () => {
@@ -26,7 +25,7 @@ describe("bundle-only volumes and csi.spire.io/key-mode", () => {
     const streams = fx.agent.subscribeCalls;
     const volume = await fx.kubelet.publish(stranger, "trust", { "csi.spire.io/bundle-only": "true" });
     assert.equal(fx.agent.subscribeCalls, streams, "no SubscribeToX509SVIDs call");
-    assert.deepEqual(await visible(volume.targetPath), ["ca.crt", "partner.example.trust-bundle.pem"]);
+    assert.deepEqual(await visibleFiles(volume.targetPath), ["ca.crt", "partner.example.trust-bundle.pem"]);
     const own = pemBlocks(await readFile(join(volume.targetPath, "ca.crt"), "utf8"));
     assert.equal(own.length, 1);
     assert.match(new X509Certificate(own[0]!.der).subject, /example\.org/);
@@ -41,9 +40,9 @@ describe("bundle-only volumes and csi.spire.io/key-mode", () => {
 
   test("bundle-only with the spiffe-fs layout: one <td>.trust-bundle.pem per trust domain; federated-bundles none leaves only the own one", async () => {
     const fs = await fx.kubelet.publish(stranger, "fs", { "csi.spire.io/bundle-only": "true", "csi.spire.io/layout": "spiffe-fs" });
-    assert.deepEqual(await visible(fs.targetPath), ["example.org.trust-bundle.pem", "partner.example.trust-bundle.pem"]);
+    assert.deepEqual(await visibleFiles(fs.targetPath), ["example.org.trust-bundle.pem", "partner.example.trust-bundle.pem"]);
     const ownOnly = await fx.kubelet.publish(stranger, "own", { "csi.spire.io/bundle-only": "true", "csi.spire.io/layout": "spiffe-helper", "csi.spire.io/federated-bundles": "none" });
-    assert.deepEqual(await visible(ownOnly.targetPath), ["svid_bundle.pem"]);
+    assert.deepEqual(await visibleFiles(ownOnly.targetPath), ["svid_bundle.pem"]);
     for (const volume of [fs, ownOnly]) await fx.kubelet.unpublish(volume);
   });
 

@@ -1,17 +1,16 @@
 import assert from "node:assert/strict";
 import { X509Certificate } from "node:crypto";
-import { readdir, readFile, stat } from "node:fs/promises";
+import { readFile, stat } from "node:fs/promises";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { Code } from "@connectrpc/connect";
 import { checkEnvoySds } from "../support/envoy-sds-checker.js";
-import { checkIdentity, pemBlocks, readVolumeIdentity } from "../support/identity-files.js";
+import { checkIdentity, pemBlocks, readVolumeIdentity, visibleFiles } from "../support/identity-files.js";
 import { startDriverFixture, type DriverFixture } from "./driver-fixture.js";
 
 const pod = { uid: "c0ffee00-0000-4000-8000-000000000001", name: "edge-0", namespace: "mesh", serviceAccount: "edge" };
 const edgeId = "spiffe://example.org/ns/mesh/sa/edge";
-const visible = async (dir: string) => (await readdir(dir)).filter((name) => !name.startsWith("..")).sort();
 
 describe("file layouts and formats", () => {
   let fx: DriverFixture;
@@ -29,7 +28,7 @@ describe("file layouts and formats", () => {
 
   test("kubernetes-tls (default): chain with intermediate, own bundle in ca.crt, federated bundle as its own file", async () => {
     const volume = await fx.kubelet.publish(pod, "k8s");
-    assert.deepEqual(await visible(volume.targetPath), ["ca.crt", "partner.example.trust-bundle.pem", "tls.crt", "tls.key"]);
+    assert.deepEqual(await visibleFiles(volume.targetPath), ["ca.crt", "partner.example.trust-bundle.pem", "tls.crt", "tls.key"]);
     const identity = await readVolumeIdentity(volume.targetPath);
     assert.equal(identity.chainLength, 2, "leaf + intermediate");
     assert.equal(pemBlocks(await readFile(join(volume.targetPath, "ca.crt"), "utf8")).length, 1, "own root only");
@@ -44,7 +43,7 @@ describe("file layouts and formats", () => {
       "csi.spire.io/federated-bundles": "merge",
       "csi.spire.io/bundle-intermediates": "true",
     });
-    assert.deepEqual(await visible(volume.targetPath), ["svid.pem", "svid_bundle.pem", "svid_key.pem"]);
+    assert.deepEqual(await visibleFiles(volume.targetPath), ["svid.pem", "svid_bundle.pem", "svid_key.pem"]);
     const bundle = pemBlocks(await readFile(join(volume.targetPath, "svid_bundle.pem"), "utf8")).map((block) => new X509Certificate(block.der).subject);
     assert.equal(bundle.length, 3, "own root, intermediate, partner root");
     assert.ok(bundle.some((subject) => subject.includes("intermediate")));
@@ -55,7 +54,7 @@ describe("file layouts and formats", () => {
 
   test("spiffe-fs (SPIFFE Filesystem Delivery): key block first, then the chain; one trust bundle file per trust domain", async () => {
     const volume = await fx.kubelet.publish(pod, "fs", { "csi.spire.io/layout": "spiffe-fs" });
-    assert.deepEqual(await visible(volume.targetPath), ["credential-bundle.pem", "example.org.trust-bundle.pem", "partner.example.trust-bundle.pem"]);
+    assert.deepEqual(await visibleFiles(volume.targetPath), ["credential-bundle.pem", "example.org.trust-bundle.pem", "partner.example.trust-bundle.pem"]);
     const credential = await readFile(join(volume.targetPath, "credential-bundle.pem"), "utf8");
     const blocks = pemBlocks(credential);
     assert.deepEqual(blocks.map((block) => block.label), ["PRIVATE KEY", "CERTIFICATE", "CERTIFICATE"]);
@@ -118,7 +117,7 @@ describe("file layouts and formats", () => {
 
   test("JWT-SVIDs: one token file per audience, refreshed before half-life; JWKS per trust domain (own and federated)", async () => {
     const volume = await fx.kubelet.publish(pod, "jwt", { "csi.spire.io/jwt-audiences": "vault, https://api.example.com" });
-    assert.deepEqual(await visible(volume.targetPath), [
+    assert.deepEqual(await visibleFiles(volume.targetPath), [
       "ca.crt",
       "example.org.jwt-bundle.json",
       "jwt-https___api.example.com.token",

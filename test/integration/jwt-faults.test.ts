@@ -8,11 +8,11 @@ import assert from "node:assert/strict";
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
-import { setTimeout as sleep } from "node:timers/promises";
 import { Code } from "@connectrpc/connect";
 import { notAuthorizedMessage } from "../support/fake-agent.js";
 import type { PublishedVolume } from "../support/kubelet-sim.js";
 import { sample, scrapeDriverMetrics } from "../support/prometheus.js";
+import { waitUntil } from "../support/wait-until.js";
 import { startDriverFixture, type DriverFixture } from "./driver-fixture.js";
 
 const podUid = (index: number) => `a7b8c9d0-0000-4000-8000-00000000000${index}`;
@@ -31,18 +31,12 @@ describe("JWT failure paths", () => {
   /** Waits until every volume logged `count` failed fetches since `mark`; returns those lines. */
   const waitForFailures = async (count: number, mark: number) => {
     const failuresOf = (volume: PublishedVolume) => fx.driver.logs.slice(mark).filter((line) => line.volumeId === volume.volumeId && line.msg === fetchFailedLog);
-    for (let i = 0; volumes.some((volume) => failuresOf(volume).length < count); i++) {
-      assert.ok(i < 200, `not every volume logged ${count} failed fetches: ${volumes.map((volume) => failuresOf(volume).length).join(", ")}`);
-      await sleep(100);
-    }
+    await waitUntil(`every volume logs ${count} failed fetches`, async () => volumes.every((volume) => failuresOf(volume).length >= count), 20_000, 100);
     return fx.driver.logs.slice(mark).filter((line) => line.msg === fetchFailedLog);
   };
   const waitForNewTokens = async (previous: string[]) => {
     for (const [index, volume] of volumes.entries()) {
-      for (let i = 0; (await token(volume)) === previous[index]; i++) {
-        assert.ok(i < 200, `volume ${index}: no new token after the fault ended`);
-        await sleep(100);
-      }
+      await waitUntil(`volume ${index}: a new token after the fault ended`, async () => (await token(volume)) !== previous[index], 20_000, 100);
     }
   };
 
@@ -130,20 +124,14 @@ describe("JWT failure paths", () => {
     const mark = fx.driver.logs.length;
     fx.agent.dropJwtBundleStreams(Code.Unavailable);
     await fx.driver.waitForLog((line) => line.stream === "jwt-bundles" && line.msg === "agent stream down, resubscribing", 10_000, mark);
-    for (let i = 0; fx.agent.openJwtBundleStreams !== 1; i++) {
-      assert.ok(i < 100, "the JWT bundle stream was not reopened");
-      await sleep(100);
-    }
+    await waitUntil("the JWT bundle stream is reopened", async () => fx.agent.openJwtBundleStreams === 1, 10_000, 100);
     assert.equal(await jwks(volumes[0]!), jwksBefore);
     const reconnectsAfter = sample(await scrapeDriverMetrics(fx.driver), "spire_csi_agent_stream_reconnects_total", { stream: "jwt-bundles" }) ?? 0;
     assert.ok(reconnectsAfter > reconnectsBefore, "the reconnect is counted");
     const changed = JSON.stringify({ keys: [...(JSON.parse(jwksBefore) as { keys: unknown[] }).keys, { kty: "EC", kid: "next-key", crv: "P-256", x: "AA", y: "AA" }] });
     fx.agent.pushRawJwtBundles({ "spiffe://example.org": Buffer.from(changed) });
     for (const volume of volumes) {
-      for (let i = 0; !(await jwks(volume)).includes("next-key"); i++) {
-        assert.ok(i < 100, "a JWKS change after the resubscribe did not reach the volume");
-        await sleep(100);
-      }
+      await waitUntil("a JWKS change after the resubscribe reaches the volume", async () => (await jwks(volume)).includes("next-key"), 10_000, 100);
     }
   });
 

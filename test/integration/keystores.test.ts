@@ -1,10 +1,10 @@
 import assert from "node:assert/strict";
 import { X509Certificate } from "node:crypto";
-import { readdir, readFile, stat } from "node:fs/promises";
+import { readFile, stat } from "node:fs/promises";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { Code } from "@connectrpc/connect";
-import { pemBlocks } from "../support/identity-files.js";
+import { pemBlocks, visibleFiles } from "../support/identity-files.js";
 import { JavaClient, opensslPkcs12Info, opensslVerify } from "../support/real-clients.js";
 import { startDriverFixture, type DriverFixture } from "./driver-fixture.js";
 
@@ -12,7 +12,6 @@ const serverPod = { uid: "7a5a0000-0000-4000-8000-000000000001", name: "orders-0
 const clientPod = { uid: "7a5a0000-0000-4000-8000-000000000002", name: "billing-0", namespace: "shop", serviceAccount: "billing" };
 const ordersId = "spiffe://example.org/ns/shop/sa/orders";
 const billingId = "spiffe://example.org/ns/shop/sa/billing";
-const visible = async (dir: string) => (await readdir(dir)).filter((name) => !name.startsWith("..")).sort();
 const leafSerial = async (dir: string) => new X509Certificate(pemBlocks(await readFile(join(dir, "tls.crt"), "utf8"))[0]!.der).serialNumber.replace(/^0+/, "");
 
 describe("PKCS#12 keystores, accepted by Java (keytool, a TLS 1.3 mutual handshake) and OpenSSL 3", () => {
@@ -35,7 +34,7 @@ describe("PKCS#12 keystores, accepted by Java (keytool, a TLS 1.3 mutual handsha
 
   test("keystore.p12 (alias spiffe, key + chain) and truststore.p12 (own and federated roots as trusted entries); keytool and openssl read both", async () => {
     const volume = await fx.kubelet.publish(serverPod, "ks", { "csi.spire.io/keystore": "pkcs12" });
-    assert.deepEqual(await visible(volume.targetPath), ["ca.crt", "keystore.p12", "partner.example.trust-bundle.pem", "tls.crt", "tls.key", "truststore.p12"]);
+    assert.deepEqual(await visibleFiles(volume.targetPath), ["ca.crt", "keystore.p12", "partner.example.trust-bundle.pem", "tls.crt", "tls.key", "truststore.p12"]);
     assert.deepEqual(await JavaClient.keytoolList(join(volume.targetPath, "keystore.p12"), "changeit"), [{ alias: "spiffe", type: "PrivateKeyEntry" }]);
     assert.deepEqual(
       (await JavaClient.keytoolList(join(volume.targetPath, "truststore.p12"), "changeit")).sort((a, b) => a.alias.localeCompare(b.alias)),
@@ -97,7 +96,7 @@ describe("PKCS#12 keystores, accepted by Java (keytool, a TLS 1.3 mutual handsha
 
   test("bundle-only with a keystore writes truststore.p12 only; keystore misuse is INVALID_ARGUMENT", async () => {
     const volume = await fx.kubelet.publish(clientPod, "trust", { "csi.spire.io/bundle-only": "true", "csi.spire.io/keystore": "pkcs12", "csi.spire.io/federated-bundles": "none" });
-    assert.deepEqual(await visible(volume.targetPath), ["ca.crt", "truststore.p12"]);
+    assert.deepEqual(await visibleFiles(volume.targetPath), ["ca.crt", "truststore.p12"]);
     assert.deepEqual(await JavaClient.keytoolList(join(volume.targetPath, "truststore.p12"), "changeit"), [{ alias: "example.org-0", type: "trustedCertEntry" }]);
     await fx.kubelet.unpublish(volume);
 

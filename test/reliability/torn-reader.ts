@@ -9,6 +9,7 @@ import { createPrivateKey, X509Certificate } from "node:crypto";
 import { readFile, realpath } from "node:fs/promises";
 import { join } from "node:path";
 import { checkIdentity, pemBlocks } from "../support/identity-files.js";
+import type { TornReaderTarget } from "../support/torn-reader-process.js";
 
 /**
  * Every read proves the key belongs to the leaf and the leaf's issuer is in the bundle; every
@@ -29,10 +30,7 @@ function check(certPem: string, keyPem: string, bundlePem: string): void {
 }
 let checks = 0;
 
-interface Target {
-  kind: "snapshot" | "naive" | "spiffe-fs" | "envoy-sds";
-  dir: string;
-}
+type Target = TornReaderTarget;
 
 const targets = JSON.parse(process.argv[2]!) as Target[];
 const counts = { reads: 0, mismatches: 0, missing: 0, naiveReads: 0, naiveTears: 0, errors: [] as string[] };

@@ -1,8 +1,7 @@
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
-import { fileURLToPath } from "node:url";
-import { fork } from "node:child_process";
 import { startDriverFixture, type DriverFixture } from "../integration/driver-fixture.js";
+import { startTornReader, type TornReaderTarget } from "../support/torn-reader-process.js";
 
 /** SOAK=1 multiplies the run for the figures in RELIABILITY.md. */
 const scale = process.env.SOAK ? 10 : 1;
@@ -22,24 +21,14 @@ describe("torn-read checker", { timeout: 20 * 60_000 }, () => {
     const tls = await fx.kubelet.publish(pod, "tls");
     const fs = await fx.kubelet.publish(pod, "fs", { "csi.spire.io/layout": "spiffe-fs" });
     const sds = await fx.kubelet.publish(pod, "sds", { "csi.spire.io/envoy-sds": "true" });
-    const targets = [
+    const targets: TornReaderTarget[] = [
       { kind: "snapshot", dir: tls.targetPath },
       { kind: "spiffe-fs", dir: fs.targetPath },
       { kind: "envoy-sds", dir: sds.targetPath },
       { kind: "naive", dir: tls.targetPath },
     ];
-    const reader = fork(fileURLToPath(new URL("./torn-reader.ts", import.meta.url)), [JSON.stringify(targets)], { execArgv: ["--import", "tsx"] });
+    const reader = startTornReader(targets);
     t.after(() => reader.kill());
-    type Counts = { reads: number; mismatches: number; missing: number; naiveReads: number; naiveTears: number; errors: string[] };
-    let readsSoFar = 0;
-    const result = new Promise<Counts>((resolve, reject) => {
-      reader.on("message", (message: Counts | { progress: number }) => {
-        if ("progress" in message) readsSoFar = message.progress;
-        else resolve(message);
-      });
-      reader.once("exit", (code) => reject(new Error(`the reader exited early (${String(code)})`)));
-    });
-    result.catch(() => undefined);
     const started = performance.now();
     let rotations = 0;
     let written = 0;
@@ -57,12 +46,11 @@ describe("torn-read checker", { timeout: 20 * 60_000 }, () => {
       rotations += 1;
       while (countWrites() < before + 3) await new Promise((resolve) => setTimeout(resolve, 1));
       written = countWrites();
-      if (rotations >= minRotations && readsSoFar >= minReads) break;
+      if (rotations >= minRotations && reader.readsSoFar >= minReads) break;
       // Still ~10 rotations a second, hundreds of times SPIRE's pace.
       await new Promise((resolve) => setTimeout(resolve, 80));
     }
-    reader.send("stop");
-    const counts = await result;
+    const counts = await reader.stop();
     const seconds = (performance.now() - started) / 1000;
     console.log(
       `torn-read: ${counts.reads} consistent-path reads, ${rotations} rotations (${written} snapshot swaps) in ${seconds.toFixed(1)} s; ` +

@@ -1,5 +1,5 @@
 import { createPrivateKey, X509Certificate } from "node:crypto";
-import { readFile } from "node:fs/promises";
+import { readdir, readFile } from "node:fs/promises";
 import { join } from "node:path";
 
 export interface CheckedIdentity {
@@ -61,4 +61,9 @@ export async function readVolumeIdentity(
     readFile(join(targetPath, names.bundle), "utf8"),
   ]);
   return checkIdentity(cert, key, bundle);
+}
+
+/** The names a pod sees in a volume (the `..data` / `..snap-*` machinery left out), sorted. */
+export async function visibleFiles(dir: string): Promise<string[]> {
+  return (await readdir(dir)).filter((name) => !name.startsWith("..")).sort();
 }
