@@ -32,6 +32,8 @@ export interface BenchResults {
     publishDirectoryBacking?: PublishLatencyResult[];
     footprint?: Footprint;
     rotation?: RotationFanoutResult;
+    /** The same push over as many volumes that are the replicas of a few workloads (one SVID per workload). */
+    rotationReplicas?: RotationFanoutResult;
     restart?: RestartResult;
   };
   spire?: { publish?: PublishLatencyResult[]; restart?: RestartResult; peers?: PeerComparisonRow[]; churn?: ChurnResult };
@@ -208,7 +210,15 @@ export function renderMarkdown(results: BenchResults, checks: readonly TargetChe
     lines.push("| | p50 | p99 | slowest volume | last swap (median of rounds) |", "|---|---|---|---|---|");
     lines.push(`| driver (push → \`..data\` swapped) | ${ms(rotation.driver.p50)} | ${ms(rotation.driver.p99)} | ${ms(rotation.driver.max)} | ${ms(rotation.driverLastMs)} |`);
     lines.push(`| plain fs floor (same snapshots, no driver) | ${ms(rotation.floor.p50)} | ${ms(rotation.floor.p99)} | ${ms(rotation.floor.max)} | ${ms(rotation.floorLastMs)} |`);
-    lines.push("", `Driver CPU from the push to the last swap: ${ms(rotation.driverCpuMsPerVolume)} per volume (median of rounds).`);
+    const replicas = results.fakeAgent?.rotationReplicas;
+    if (replicas) {
+      lines.push(`| driver, ${replicas.volumes} volumes as replicas of a few workloads (one SVID per workload) | ${ms(replicas.driver.p50)} | ${ms(replicas.driver.p99)} | ${ms(replicas.driver.max)} | ${ms(replicas.driverLastMs)} |`);
+      lines.push(`| plain fs floor for those | ${ms(replicas.floor.p50)} | ${ms(replicas.floor.p99)} | ${ms(replicas.floor.max)} | ${ms(replicas.floorLastMs)} |`);
+    }
+    lines.push(
+      "",
+      `Driver CPU from the push to the last swap, per volume (median of rounds): ${ms(rotation.driverCpuMsPerVolume)} with an SVID per pod${replicas ? `, ${ms(replicas.driverCpuMsPerVolume)} as replicas (${times(replicas.driverLastMs / replicas.floorLastMs)} the floor)` : ""}.`,
+    );
   }
   const restarts = byAgent(results.spire?.restart, results.fakeAgent?.restart);
   if (restarts.length > 0) {

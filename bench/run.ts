@@ -67,6 +67,8 @@ const plan = flags.quick
     };
 const concurrencies = [1, 110, 250];
 const volumesAtScale = 250;
+/** The rotation scenario's second round: 250 volumes as 25 workloads of 10 replicas each. */
+const replicatedWorkloads = 25;
 const peerCounts = [1, 10, 50, 110];
 const trustDomain = "example.org";
 
@@ -143,6 +145,26 @@ async function benchFakeAgent(): Promise<BenchResults["fakeAgent"]> {
       results.footprint.agentDownCpuPercent = await cpuPercentOver(node.driver.pid!, plan.idleCpuWindowMs);
       agent = await FakeAgentProcess.start({ socketPath: join(dir, "agent.sock"), trustDomain, svidTtlSeconds: 3600 });
       await agent.addEntries(pods.map((pod) => ({ id: pod.uid, spiffeId: podSpiffeId(trustDomain, pod), selectors: podEntrySelectors(pod) })));
+    }
+    if (runs("rotation")) {
+      // Deployments: the replicas of a workload share its entry, so one push carries the same SVID
+      // on each replica's stream.
+      await node.kubelet.unpublishAll();
+      const replicaPods = makePods(volumesAtScale, "replicas", "workload").map((pod, index) => ({ ...pod, serviceAccount: `workload-${index % replicatedWorkloads}` }));
+      await agent.addEntries(
+        Array.from({ length: replicatedWorkloads }, (_, index) => ({
+          id: `replicated-${index}`,
+          spiffeId: `spiffe://${trustDomain}/replicas/workload-${index}`,
+          selectors: [
+            { type: "k8s", value: "ns:replicas" },
+            { type: "k8s", value: `sa:workload-${index}` },
+          ],
+        })),
+      );
+      await Promise.all(replicaPods.map((pod) => node!.kubelet.publish(pod, volumeName)));
+      const replicaTargets = node.kubelet.publishedVolumes.map((volume) => volume.targetPath);
+      progress(`fake agent: rotation fan-out over ${replicaTargets.length} volumes of ${replicatedWorkloads} workloads (one SVID per workload)`);
+      results.rotationReplicas = await measureRotationFanout(agent, node.driver.pid!, replicaTargets, plan.rotationRounds);
     }
     await node.close();
     node = undefined;

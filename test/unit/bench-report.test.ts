@@ -47,6 +47,7 @@ function results(overrides: Overrides): BenchResults {
       publishDirectoryBacking: publish.filter((level) => level.concurrency !== 110),
       footprint: { rssIdleBytes: overrides.rssIdle, rssByVolumes: { 110: 70 * 2 ** 20, 250: overrides.rssAt250 }, marginalBytesPerVolume: (overrides.rssAt250 - overrides.rssIdle) / 250, idleCpuPercent: 0.25, idleCpuWindowMs: 5000, agentDownCpuPercent: 3 },
       rotation: { volumes: 250, driver: flat(overrides.rotationLast), floor: flat(50), driverLastMs: overrides.rotationLast, floorLastMs: 50, driverCpuMsPerVolume: 0.4 },
+      rotationReplicas: { volumes: 250, driver: flat(60), floor: flat(50), driverLastMs: 60, floorLastMs: 50, driverCpuMsPerVolume: 0.2 },
       restart,
     },
     spire: {
@@ -130,6 +131,7 @@ test("the markdown report has every section and the SVG escapes text", () => {
   for (const heading of ["## Targets", "## Publish latency", "### Where publish time goes", "## Rotation fan-out", "## Restart", "## Memory and CPU", "## Churn", "## Side by side with spiffe-helper", "### Agent cost", "## Pod start on the real node"]) {
     assert.ok(markdown.includes(heading), heading);
   }
+  assert.match(markdown, /0\.40 ms with an SVID per pod, 0\.20 ms as replicas \(1\.20× the floor\)/);
   assert.match(markdown, /agent stopped .*: 3\.00 % = 12\.00× idle/, "the agent-down CPU as a ratio of the idle CPU of the same run");
   assert.match(markdown, /\| 50 \| 750\.0 MB \| 70\.0 MB \| 10\.7× \| 15\.0 MB \/ 102 KB \|/);
   const svg = renderSvg(run);
