@@ -76,8 +76,8 @@ export async function runDriver(config: DriverConfig, logger: Logger): Promise<{
   await availability.start();
   const backoff = { minMs: config.reconnectMinMs, maxMs: config.reconnectMaxMs };
   const feedOptions = { client, availability, limiter: agentCalls, adminSocketPath: config.agentSocket, backoff, logger };
-  const bundles = x509BundleFeed({ ...feedOptions, onRetry: () => metrics.streamRetrying("x509-bundles") });
-  const jwtBundles = jwtBundleFeed({ ...feedOptions, onRetry: () => metrics.streamRetrying("jwt-bundles") });
+  const bundles = x509BundleFeed({ ...feedOptions, onRetry: () => metrics.streamRetrying("x509-bundles"), onRejected: () => metrics.bundleRejected("x509") });
+  const jwtBundles = jwtBundleFeed({ ...feedOptions, onRetry: () => metrics.streamRetrying("jwt-bundles"), onRejected: () => metrics.bundleRejected("jwt") });
   agentConnected = () => bundles.connected;
   const probe = new AgentProbe(client, config.agentProbeTimeoutMs, logger.child({ component: "agent-probe" }));
   agentAnswering = () => probe.answering;

@@ -13,6 +13,7 @@ export class DriverMetrics implements VolumeObserver {
   private readonly reconnects: Counter<"stream">;
   private readonly rejectedSvids: Counter;
   private readonly bundleUpdates: Counter<"bundle">;
+  private readonly rejectedBundles: Counter<"bundle">;
   private readonly jwtFetches: Counter<"result">;
 
   constructor(source: {
@@ -54,6 +55,12 @@ export class DriverMetrics implements VolumeObserver {
     this.bundleUpdates = new Counter({
       name: "spire_csi_bundle_updates_total",
       help: "Trust bundle sets from the agent that changed the bundles volumes get, by bundle kind (x509 or jwt)",
+      labelNames: ["bundle"],
+      registers,
+    });
+    this.rejectedBundles = new Counter({
+      name: "spire_csi_rejected_bundles_total",
+      help: "Trust bundles from the agent that were not used (malformed, or keyed by an invalid trust domain name; the domain's previous bundle is kept), by bundle kind (x509 or jwt)",
       labelNames: ["bundle"],
       registers,
     });
@@ -153,6 +160,10 @@ export class DriverMetrics implements VolumeObserver {
 
   bundlesChanged(bundle: "x509" | "jwt"): void {
     this.bundleUpdates.inc({ bundle });
+  }
+
+  bundleRejected(bundle: "x509" | "jwt"): void {
+    this.rejectedBundles.inc({ bundle });
   }
 
   jwtFetchFinished(result: "ok" | "error"): void {

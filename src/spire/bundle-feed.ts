@@ -28,6 +28,8 @@ export interface BundleFeedOptions {
   backoff: BackoffOptions;
   logger: Logger;
   onRetry?: () => void;
+  /** A bundle the agent sent was not used (malformed, or keyed by an invalid trust domain name). */
+  onRejected?: () => void;
 }
 
 /**
@@ -40,6 +42,7 @@ export class BundleFeed<T> extends EventEmitter<BundleFeedEvents<T>> {
   private received = false;
   private status: StreamStatus = { state: "connecting" };
   private readonly stream: ReconnectingStream<{ [trustDomain: string]: Uint8Array }>;
+  private readonly onRejected: (() => void) | undefined;
 
   constructor(
     name: "x509-bundles" | "jwt-bundles",
@@ -50,6 +53,7 @@ export class BundleFeed<T> extends EventEmitter<BundleFeedEvents<T>> {
   ) {
     super();
     this.setMaxListeners(0);
+    this.onRejected = options.onRejected;
     const logger = options.logger.child({ stream: name });
     this.stream = new ReconnectingStream({
       open,
@@ -90,12 +94,14 @@ export class BundleFeed<T> extends EventEmitter<BundleFeedEvents<T>> {
       if (trustDomain === undefined) {
         // Its name would become a file name in every volume (`<td>.trust-bundle.pem`).
         logger.error({ trustDomain: key.slice(0, 300) }, "ignoring a bundle whose key is not a valid SPIFFE trust domain name");
+        this.onRejected?.();
         continue;
       }
       try {
         next.set(trustDomain, this.decode(bytes));
       } catch (error) {
         logger.error({ trustDomain, reason: (error as Error).message }, "ignoring a malformed bundle from the agent");
+        this.onRejected?.();
         const previous = this.bundles.get(trustDomain);
         if (previous !== undefined) next.set(trustDomain, previous);
       }

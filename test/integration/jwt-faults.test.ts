@@ -137,6 +137,8 @@ describe("JWT failure paths", () => {
 
   test("a malformed JWKS from the agent: ignored for that trust domain and logged, the last good file stays", async () => {
     const jwksBefore = await Promise.all(volumes.map(jwks));
+    const rejected = async () => sample(await scrapeDriverMetrics(fx.driver), "spire_csi_rejected_bundles_total", { bundle: "jwt" }) ?? 0;
+    const rejectedBefore = await rejected();
     for (const malformed of ["{not json", '{"keys":"none"}', ""]) {
       const mark = fx.driver.logs.length;
       fx.agent.pushRawJwtBundles({ "spiffe://example.org": Buffer.from(malformed) });
@@ -144,6 +146,7 @@ describe("JWT failure paths", () => {
       assert.equal(logged.trustDomain, "example.org");
       assert.deepEqual(await Promise.all(volumes.map(jwks)), jwksBefore, `after ${JSON.stringify(malformed)}`);
     }
+    assert.equal((await rejected()) - rejectedBefore, 3, 'each malformed JWKS counts in spire_csi_rejected_bundles_total{bundle="jwt"}');
     // Still rotating after the bad messages.
     const tokensBefore = await Promise.all(volumes.map(token));
     await waitForNewTokens(tokensBefore);

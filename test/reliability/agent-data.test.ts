@@ -3,7 +3,7 @@ import { after, before, describe, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { createTestCa } from "../support/test-ca.js";
 import { readVolumeIdentity } from "../support/identity-files.js";
-import { sample } from "../support/prometheus.js";
+import { sample, scrapeDriverMetrics } from "../support/prometheus.js";
 import { startDriverFixture, type DriverFixture } from "../integration/driver-fixture.js";
 
 const pod = { uid: "bad0da7a-0000-4000-8000-000000000001", name: "victim-0", namespace: "faults", serviceAccount: "victim" };
@@ -58,6 +58,7 @@ describe("malformed agent data never replaces the last good snapshot", () => {
     const mark = fx.driver.logs.length;
     fx.agent.pushRawBundles({ "spiffe://example.org": new Uint8Array([0x30, 0x82, 0xff, 0xff, 0x00]) });
     await fx.driver.waitForLog((line) => line.msg === "ignoring a malformed bundle from the agent", 5000, mark);
+    assert.equal(sample(await scrapeDriverMetrics(fx.driver), "spire_csi_rejected_bundles_total", { bundle: "x509" }), 1);
     await sleep(100);
     assert.equal((await readVolumeIdentity(volume.targetPath)).serialNumber, before.serialNumber, "files still verify against the kept bundle");
     await fx.kubelet.unpublish(volume);
