@@ -73,6 +73,8 @@ export class Volume {
   private writeWanted = false;
   private lastObservation: LastObservation = { kind: "nothing-yet" };
   private readonly firstWrite = deferred();
+  /** Armed while the agent issues the pod no SVID: logs once when the one on disk runs out. */
+  private expiryTimer: NodeJS.Timeout | undefined;
   private readonly onBundles = () => this.scheduleWrite();
   private readonly onJwtBundles = () => {
     if (this.spec.attributes.jwt.length > 0) this.scheduleWrite();
@@ -150,6 +152,7 @@ export class Volume {
   }
 
   async stop(): Promise<void> {
+    clearTimeout(this.expiryTimer);
     this.deps.bundles.off("change", this.onBundles);
     this.deps.jwtBundles.off("change", this.onJwtBundles);
     await Promise.all([this.stream?.stop(), this.jwtRefresher?.stop()]);
@@ -236,9 +239,12 @@ export class Volume {
           { selectors: formatSelectors(this.selectors) },
           "the agent no longer has an SVID for this pod; keeping the last one until it expires",
         );
+        this.warnAtExpiry(this.identity);
       }
       return;
     }
+    clearTimeout(this.expiryTimer);
+    this.expiryTimer = undefined;
     this.identity = chosen;
     // JWT-SVIDs only once the agent has issued the pod an X.509 SVID: for a pod no entry matches,
     // every fetch would be one more attestation at the agent for nothing (a flood of such pods
@@ -250,6 +256,23 @@ export class Volume {
     }
     this.federatesWith = set.federatesWith;
     this.scheduleWrite();
+  }
+
+  /**
+   * The metric flips to `expired` by itself (it compares with the clock when scraped); the log
+   * needs a moment to be written, so one timer is armed, only while no replacement is coming.
+   */
+  private warnAtExpiry(identity: X509Identity): void {
+    if (this.expiryTimer) return;
+    this.expiryTimer = setTimeout(() => {
+      this.expiryTimer = undefined;
+      if (this.identity !== identity || this.state.phase === "stopped") return;
+      this.logger.error(
+        { spiffeId: identity.spiffeId, serialNumber: identity.serialNumber, expiresAt: identity.expiresAt, selectors: formatSelectors(this.selectors) },
+        "the volume's SVID has expired and the agent issued no replacement; the pod's files hold an expired certificate (register an entry matching the selectors)",
+      );
+    }, Math.max(0, identity.expiresAt * 1000 - Date.now()));
+    this.expiryTimer.unref();
   }
 
   private writtenIdentity(): WrittenIdentity | undefined {

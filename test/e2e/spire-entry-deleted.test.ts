@@ -58,6 +58,13 @@ describe("a registration entry deleted for a live volume (real SPIRE)", { timeou
       assert.equal((await readVolumeIdentity(volume.targetPath)).serialNumber, kept.serialNumber, "no file changes while no entry matches");
       await sleep(500);
     }
+    const expiredLog = await node.driver.waitForLog(
+      (line) => line.volumeId === volume.volumeId && line.msg.startsWith("the volume's SVID has expired and the agent issued no replacement"),
+      10_000,
+      mark,
+    );
+    assert.equal(expiredLog.level, "error");
+    assert.equal(expiredLog.serialNumber, kept.serialNumber);
     const whileExpired = await scrapeDriverMetrics(node.driver);
     assert.equal(sample(whileExpired, "spire_csi_volumes", { phase: "expired" }), 1);
     assert.equal(sample(whileExpired, "spire_csi_volumes", { phase: "live" }), 0);
