@@ -16,7 +16,10 @@ export interface ChurnHoldings {
   records: number;
   /** tmpfs mounts below the kubelet root. */
   mounts: number;
-  /** The driver's active timers (nodejs_active_resources{type="Timeout"}). */
+  /**
+   * The driver's timers that keep its event loop alive (nodejs_active_resources{type="Timeout"}:
+   * Node counts ref'd timers only, so an unref'd one left behind is not seen here).
+   */
   timers: number;
   rssBytes: number;
 }
