@@ -6,7 +6,7 @@ import { sample } from "../../test/support/prometheus.js";
 import type { SpireFixture } from "../../test/support/spire-fixture.js";
 import { settledResidentBytes } from "../process-usage.js";
 import { distribution, type Distribution } from "../stats.js";
-import { makePods, volumeName } from "../workload.js";
+import { firstSvidSet, makePods, volumeName } from "../workload.js";
 
 /** What a node holds that a finished volume must give back, before and after the churn. */
 export interface ChurnHoldings {
@@ -31,6 +31,12 @@ export interface ChurnResult {
   failures: number;
   /** NodePublishVolume call → OK. */
   publish: Distribution;
+  /**
+   * The baseline, before the driver's churn: a bare Delegated Identity client opening
+   * subscriptions for pods of the same entry at the same rate for as long, each timed to its
+   * first SVID set and closed then.
+   */
+  bareAgent: Distribution;
   before: ChurnHoldings;
   after: ChurnHoldings;
 }
@@ -66,10 +72,16 @@ export async function measureChurn(options: ChurnOptions): Promise<ChurnResult> 
   await node.kubelet.unpublish(warm);
   const before = await holdings(options);
 
+  const bareLatencies: number[] = [];
+  const bare = spire.client();
+  await paced(makePods(total, namespace, "churn"), options.publishesPerSecond, async (pod) => {
+    const call = await firstSvidSet(bare, pod);
+    bareLatencies.push(call.ms);
+  });
+
   const latencies: number[] = [];
   let failures = 0;
-  const lifecycles: Promise<void>[] = [];
-  const lifecycle = async (pod: PodSpec) => {
+  await paced(pods.slice(1), options.publishesPerSecond, async (pod) => {
     const outcome = await node.kubelet.tryPublish(pod, volumeName);
     if (outcome.error) {
       failures += 1;
@@ -78,17 +90,7 @@ export async function measureChurn(options: ChurnOptions): Promise<ChurnResult> 
     latencies.push(outcome.rpc.ms);
     await sleep(holdMs);
     await node.kubelet.unpublish(outcome);
-  };
-  const intervalMs = 1000 / options.publishesPerSecond;
-  const started = performance.now();
-  for (const [index, pod] of pods.slice(1).entries()) {
-    // Paced against the start, so a slow call does not slow the rate down.
-    const due = started + index * intervalMs;
-    const wait = due - performance.now();
-    if (wait > 0) await sleep(wait);
-    lifecycles.push(lifecycle(pod));
-  }
-  await Promise.all(lifecycles);
+  });
   const after = await holdings(options);
   return {
     publishesPerSecond: options.publishesPerSecond,
@@ -96,9 +98,23 @@ export async function measureChurn(options: ChurnOptions): Promise<ChurnResult> 
     publishes: latencies.length,
     failures,
     publish: distribution(latencies),
+    bareAgent: distribution(bareLatencies),
     before,
     after,
   };
+}
+
+/** Starts `lifecycle` for each pod at `perSecond`, paced against the start so a slow call does not slow the rate; waits for all. */
+async function paced(pods: readonly PodSpec[], perSecond: number, lifecycle: (pod: PodSpec) => Promise<void>): Promise<void> {
+  const intervalMs = 1000 / perSecond;
+  const started = performance.now();
+  const running: Promise<void>[] = [];
+  for (const [index, pod] of pods.entries()) {
+    const wait = started + index * intervalMs - performance.now();
+    if (wait > 0) await sleep(wait);
+    running.push(lifecycle(pod));
+  }
+  await Promise.all(running);
 }
 
 async function holdings({ spire, node, settleMs }: ChurnOptions): Promise<ChurnHoldings> {

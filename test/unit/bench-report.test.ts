@@ -72,6 +72,7 @@ function results(overrides: Overrides): BenchResults {
         publishes: 1200,
         failures: 0,
         publish: distribution(Array.from({ length: 100 }, (_, i) => (i < 98 ? 10 : overrides.churnTail))),
+        bareAgent: distribution(Array.from({ length: 100 }, () => 4)),
         before: { agentStreams: 0, records: 0, mounts: 0, timers: 3, rssBytes: 60 * 2 ** 20 },
         after: { agentStreams: overrides.leakedStreams, records: 0, mounts: 0, timers: 3, rssBytes: overrides.rssAfterChurn },
       },
