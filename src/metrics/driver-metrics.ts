@@ -2,7 +2,7 @@ import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom
 import type { AgentCallLimiter } from "../spire/agent-call-limiter.js";
 import type { VolumeManager } from "../volume/volume-manager.js";
 import type { AgentStreamName, SnapshotCause, VolumeObserver } from "../volume/volume-observer.js";
-import { reportedPhases } from "../volume/volume-state.js";
+import { heldIdentity, reportedPhases } from "../volume/volume-state.js";
 
 /** The driver's Prometheus series. Gauges read the live volume state at scrape time. */
 export class DriverMetrics implements VolumeObserver {
@@ -99,8 +99,7 @@ export class DriverMetrics implements VolumeObserver {
       collect() {
         this.reset();
         for (const volume of source.volumes()?.all() ?? []) {
-          const state = volume.state;
-          const identity = state.phase === "live" || state.phase === "degraded" ? state.identity : undefined;
+          const identity = heldIdentity(volume.state);
           if (!identity) continue;
           const labels = { volume_id: volume.spec.volumeId, pod_namespace: volume.spec.pod.namespace, pod_name: volume.spec.pod.name };
           this.set(labels, identity.expiresAt);

@@ -4,6 +4,7 @@ import type { MetadataStore, VolumeRecord } from "@spire-csi-driver/metadata-sto
 import { crashTestPause, crashTestPauseEnabled } from "../crash-test-pause.js";
 import { DriverError } from "../errors.js";
 import { hasSnapshot } from "../files/atomic-snapshot.js";
+import { readIdentityInFiles } from "../files/identity-in-files.js";
 import { placeOfTarget, requireUnderPods, type KubeletPaths } from "../files/kubelet-paths.js";
 import { isMountPoint, readMountPoints } from "../files/mount-table.js";
 import { checkTarget, prepareTarget, releaseTarget, type PreparedTarget, type VolumeBacking } from "../files/target-mount.js";
@@ -12,7 +13,7 @@ import { KeyedMutex } from "./keyed-mutex.js";
 import { specDifference, type VolumeSpec } from "./volume-spec.js";
 import { checkRecordedVolume } from "./volume-rules.js";
 import { Volume, type VolumeDependencies } from "./volume.js";
-import { reportedPhase, type ReportedPhase } from "./volume-state.js";
+import { reportedPhase, type ReportedPhase, type WrittenIdentity } from "./volume-state.js";
 
 export interface VolumeManagerOptions {
   store: MetadataStore;
@@ -206,7 +207,7 @@ export class VolumeManager {
       if (prepared.status === "rejected") throw prepared.reason;
       return prepared.value;
     });
-    const volume = new Volume(spec, "publishing", this.options.volume, targetReady);
+    const volume = new Volume(spec, { phase: "publishing" }, this.options.volume, targetReady);
     try {
       this.volumes.set(spec.volumeId, volume);
       volume.start();
@@ -386,10 +387,26 @@ export class VolumeManager {
       this.adoptionFailures.set(spec.volumeId, reason);
       return "left-for-next-start";
     }
-    const volume = new Volume(spec, "adopting", this.options.volume, Promise.resolve(prepared));
+    const identity = await this.identityLeftInFiles(spec, logger);
+    const volume = new Volume(spec, { phase: "adopting", identity }, this.options.volume, Promise.resolve(prepared));
     this.volumes.set(spec.volumeId, volume);
     volume.start();
     return "adopted";
+  }
+
+  /**
+   * The SVID the previous process left in an adopted volume's files: while the agent issues none
+   * (entry deleted), it is all that tells the operator when the pod's certificate expires. A target
+   * with no snapshot (node reboot: a fresh tmpfs) holds none, and says nothing.
+   */
+  private async identityLeftInFiles(spec: VolumeSpec, logger: Logger): Promise<WrittenIdentity | undefined> {
+    if (!(await hasSnapshot(spec.targetPath))) return undefined;
+    try {
+      return await readIdentityInFiles(spec.targetPath, spec.attributes);
+    } catch (error) {
+      logger.warn({ reason: (error as Error).message }, "cannot tell which SVID the volume's files hold; its expiry is unknown until the agent issues one");
+      return undefined;
+    }
   }
 
   /**

@@ -17,7 +17,7 @@ import { chooseSvid } from "./svid-choice.js";
 import { formatSelectors, podSelectors, type Selector } from "./selectors.js";
 import type { VolumeSpec } from "./volume-spec.js";
 import type { SnapshotCause, VolumeObserver } from "./volume-observer.js";
-import type { VolumeState, WrittenIdentity } from "./volume-state.js";
+import { heldIdentity, type VolumeState, type WrittenIdentity } from "./volume-state.js";
 import type { SnapshotFile } from "../files/snapshot-file.js";
 import type { FanoutLog } from "./fanout-log.js";
 import { isStillTarget, type PreparedTarget } from "../files/target-mount.js";
@@ -81,17 +81,18 @@ export class Volume {
   };
 
   /**
+   * @param initial `adopting` carries what the files left by the previous process hold.
    * @param targetReady settles once the target dir (and its tmpfs) is there; no snapshot is
    * written before. Rejected: the publish fails and the volume is stopped by its owner.
    */
   constructor(
     readonly spec: VolumeSpec,
-    initialPhase: "publishing" | "adopting",
+    initial: { phase: "publishing" } | { phase: "adopting"; identity: WrittenIdentity | undefined },
     private readonly deps: VolumeDependencies,
     private readonly targetReady: Promise<PreparedTarget>,
   ) {
     targetReady.catch(() => undefined);
-    this.state = { phase: initialPhase, since: Date.now() };
+    this.state = { ...initial, since: Date.now() };
     this.selectors = podSelectors(spec.pod, deps.nodeName);
     this.logger = deps.logger.child({ volumeId: spec.volumeId, pod: `${spec.pod.namespace}/${spec.pod.name}` });
     this.firstWrite.promise.catch(() => undefined);
@@ -234,12 +235,13 @@ export class Volume {
           : set.rejected.length > 0
             ? { kind: "invalid-svids", reasons: set.rejected.map((r) => `${r.spiffeId}: ${r.reason}`) }
             : { kind: "empty-set" };
-      if (this.identity) {
+      const held = this.latestIdentity();
+      if (held) {
         this.logger.warn(
           { selectors: formatSelectors(this.selectors) },
           "the agent no longer has an SVID for this pod; keeping the last one until it expires",
         );
-        this.warnAtExpiry(this.identity);
+        this.warnAtExpiry(held);
       }
       return;
     }
@@ -262,11 +264,11 @@ export class Volume {
    * The metric flips to `expired` by itself (it compares with the clock when scraped); the log
    * needs a moment to be written, so one timer is armed, only while no replacement is coming.
    */
-  private warnAtExpiry(identity: X509Identity): void {
+  private warnAtExpiry(identity: WrittenIdentity): void {
     if (this.expiryTimer) return;
     this.expiryTimer = setTimeout(() => {
       this.expiryTimer = undefined;
-      if (this.identity !== identity || this.state.phase === "stopped") return;
+      if (this.state.phase === "stopped" || this.latestIdentity()?.serialNumber !== identity.serialNumber) return;
       this.logger.error(
         { spiffeId: identity.spiffeId, serialNumber: identity.serialNumber, expiresAt: identity.expiresAt, selectors: formatSelectors(this.selectors) },
         "the volume's SVID has expired and the agent issued no replacement; the pod's files hold an expired certificate (register an entry matching the selectors)",
@@ -275,8 +277,12 @@ export class Volume {
     this.expiryTimer.unref();
   }
 
-  private writtenIdentity(): WrittenIdentity | undefined {
-    return this.state.phase === "live" || this.state.phase === "degraded" ? this.state.identity : undefined;
+  /**
+   * The agent's latest SVID for the pod (written, or about to be); before the agent sent any, what
+   * a re-adopted volume's files hold from the previous process.
+   */
+  private latestIdentity(): WrittenIdentity | undefined {
+    return this.identity ?? heldIdentity(this.state);
   }
 
   private scheduleWrite(): void {
@@ -314,7 +320,7 @@ export class Volume {
           "the target is no longer the tmpfs mounted for this volume; not writing the key there (unpublish and publish the volume again)",
         );
         this.deps.observer.snapshotFailed("target-lost");
-        this.state = { phase: "degraded", cause: "target-lost", problem: "the volume's tmpfs or dir is gone", identity: this.writtenIdentity() };
+        this.state = { phase: "degraded", cause: "target-lost", problem: "the volume's tmpfs or dir is gone", identity: heldIdentity(this.state) };
         continue;
       }
       try {
@@ -325,17 +331,12 @@ export class Volume {
         this.lastObservation = { kind: "write-failed", reason };
         this.logger.error({ reason }, "writing the volume snapshot failed; the previous files stay in place");
         this.deps.observer.snapshotFailed(reason);
-        this.state = { phase: "degraded", cause: "write", problem: `write failed: ${reason}`, identity: this.writtenIdentity() };
+        this.state = { phase: "degraded", cause: "write", problem: `write failed: ${reason}`, identity: heldIdentity(this.state) };
         continue;
       }
       this.writtenKey = key;
       const identity = this.identity;
-      const written = identity && {
-        spiffeId: identity.spiffeId,
-        serialNumber: identity.serialNumber,
-        expiresAt: identity.expiresAt,
-        writtenAt: Date.now(),
-      };
+      const written = identity && { spiffeId: identity.spiffeId, serialNumber: identity.serialNumber, expiresAt: identity.expiresAt };
       const previousPhase = this.state.phase;
       const previousSerial = this.state.phase === "live" || this.state.phase === "degraded" ? this.state.identity?.serialNumber : undefined;
       const cause: SnapshotCause =

@@ -2,6 +2,8 @@ import assert from "node:assert/strict";
 import { writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
+import { setTimeout as sleep } from "node:timers/promises";
+import { readVolumeIdentity } from "../support/identity-files.js";
 import { sample } from "../support/prometheus.js";
 import { waitForStatus } from "../support/http-status.js";
 import { startDriverFixture, type DriverFixture } from "./driver-fixture.js";
@@ -116,5 +118,33 @@ describe("volumes that stopped rotating stay visible", () => {
     assert.equal(sample(await metricsText(mark), "spire_csi_volumes", { phase: "adoption-failed" }), 1);
     await fx.kubelet.unpublish({ volumeId: brokenId, targetPath: join(fx.kubeletRoot, "pods", pod.uid, "volumes", "kubernetes.io~csi", "gone", "mount") });
     assert.equal(sample(await metricsText(mark), "spire_csi_volumes", { phase: "adoption-failed" }), 0);
+  });
+
+  test("a volume re-adopted while the agent issues it no SVID shows the expired SVID its files hold, and goes live once the agent issues again", async () => {
+    const entry = { id: "revoked", spiffeId: "spiffe://example.org/ns/obs/sa/revoked", selectors: [{ type: "k8s", value: "ns:obs" }] };
+    await fx.agent.addEntry(entry);
+    const volume = await fx.kubelet.publish(pod, "revoked");
+    const held = await readVolumeIdentity(volume.targetPath);
+    const filesExpireAt = Date.parse(held.validTo) / 1000;
+    fx.agent.removeEntry(entry.id);
+    await fx.driver.stop("SIGKILL");
+    // The driver is down while the SVID in the files runs out, so no live volume ever saw it expire.
+    await sleep(Math.max(0, filesExpireAt * 1000 - Date.now()) + 100);
+    const mark = fx.driver.logs.length;
+    await fx.driver.start();
+    const expiredLine = await fx.driver.waitForLog((line) => line.msg.startsWith("the volume's SVID has expired"), 10_000, mark);
+    assert.equal(expiredLine.volumeId, volume.volumeId);
+    assert.equal(expiredLine.serialNumber, held.serialNumber);
+    assert.equal(expiredLine.spiffeId, entry.spiffeId);
+    const text = await metricsText(mark);
+    assert.equal(sample(text, "spire_csi_volumes", { phase: "expired" }), 1);
+    assert.equal(sample(text, "spire_csi_volumes", { phase: "adopting" }), 0);
+    assert.equal(sample(text, "spire_csi_svid_expiration_timestamp_seconds", { volume_id: volume.volumeId }), filesExpireAt);
+
+    await fx.agent.addEntry(entry);
+    await waitForSample("spire_csi_volumes", { phase: "live" }, 1, mark);
+    assert.equal(sample(await metricsText(mark), "spire_csi_volumes", { phase: "expired" }), 0);
+    assert.notEqual((await readVolumeIdentity(volume.targetPath)).serialNumber, held.serialNumber);
+    await fx.kubelet.unpublish(volume);
   });
 });
