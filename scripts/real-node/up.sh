@@ -83,6 +83,8 @@ cert apiserver "/CN=kube-apiserver" "IP:127.0.0.1,DNS:localhost,DNS:kubernetes,D
 cert admin "/O=system:masters/CN=admin"
 cert kubelet-serving "/CN=$node_name" "DNS:$node_name,IP:127.0.0.1"
 cert kubelet-client "/O=system:nodes/CN=system:node:$node_name"
+# The SPIRE agent's k8s workload attestor reads pods from the kubelet's secure port with this.
+cert spire-agent "/CN=spire-agent"
 openssl genrsa -out "$pki/sa.key" 2048 2>/dev/null
 openssl rsa -in "$pki/sa.key" -pubout -out "$pki/sa.pub" 2>/dev/null
 

@@ -46,6 +46,12 @@ export interface SpireOptions {
   upstreamAuthority?: { certFile: string; keyFile: string };
   /** The agent serves Go's pprof on a free loopback port, for counting what it holds open (agentSubscriptions). */
   agentProfiling?: boolean;
+  /**
+   * The agent's k8s workload attestor (next to the unix one), as docs/install.md deploys it: it
+   * asks the kubelet on its secure port (client certificate, kubelet CA verified) for the pod of a
+   * caller found through its cgroup.
+   */
+  kubeletAttestor?: { nodeName: string; caFile: string; certFile: string; keyFile: string };
 }
 
 export interface EntryOptions {
@@ -292,9 +298,9 @@ export class SpireFixture {
     await this.serverCli(["entry", "delete", "-entryID", id]);
   }
 
-  /** Registers `uid` (default: this process's) with `unix:uid:<uid>` as the driver's delegate identity; returns the entry id. */
-  registerDelegate(uid = process.getuid?.() ?? 0): Promise<string> {
-    return this.createEntry({ spiffeId: this.delegateId, selectors: [`unix:uid:${uid}`] });
+  /** Registers the driver's delegate identity (default selector: this process's `unix:uid`); returns the entry id. */
+  registerDelegate(selectors = [`unix:uid:${process.getuid?.() ?? 0}`]): Promise<string> {
+    return this.createEntry({ spiffeId: this.delegateId, selectors });
   }
 
   /** A Delegated Identity API client on this agent's admin socket (one connection per client). */
@@ -476,6 +482,20 @@ ${
     return token;
   }
 
+  private kubeletAttestorConfig(): string {
+    const kubelet = this.options.kubeletAttestor;
+    if (kubelet === undefined) return "";
+    return `  WorkloadAttestor "k8s" {
+    plugin_data {
+      node_name = "${kubelet.nodeName}"
+      kubelet_ca_path = "${kubelet.caFile}"
+      certificate_path = "${kubelet.certFile}"
+      private_key_path = "${kubelet.keyFile}"
+    }
+  }
+`;
+  }
+
   private async writeAgentConfig(joinToken: string): Promise<void> {
     const port = this.serverPort;
     const delegates = (this.options.authorizedDelegates ?? [this.delegateId]).map((id) => `"${id}"`).join(", ");
@@ -510,7 +530,7 @@ plugins {
   WorkloadAttestor "unix" {
     plugin_data {}
   }
-}
+${this.kubeletAttestorConfig()}}
 `,
     );
   }

@@ -61,24 +61,30 @@ interface NodeEnv {
   NODE_NAME: string;
   KUBELET_ROOT: string;
   CONTAINERD_SOCKET: string;
+  PKI_DIR: string;
 }
 
 /**
  * A real single-node Kubernetes (scripts/real-node/up.sh) with the driver image built from the
  * Dockerfile (scripts/image/build.sh, two tags for upgrades), imported into containerd, a real
- * SPIRE v1.15.3 server and agent on the host (admin socket with authorized_delegates, the driver
- * registered as delegate), and the chart installed with helm.
+ * SPIRE v1.15.3 server and agent on the host (admin socket with authorized_delegates; the driver's
+ * delegate entry selects its pod through the agent's k8s workload attestor, as docs/install.md
+ * wires it), and the chart installed with helm.
  */
 export class RealNode {
   readonly metadataDir: string;
   private helmBin = "";
   private env!: NodeEnv;
 
-  private constructor(
-    readonly dir: string,
-    readonly spire: SpireFixture,
-  ) {
+  private spireFixture?: SpireFixture;
+
+  private constructor(readonly dir: string) {
     this.metadataDir = join(dir, "driver-metadata");
+  }
+
+  get spire(): SpireFixture {
+    if (this.spireFixture === undefined) throw new Error("SPIRE is not started yet");
+    return this.spireFixture;
   }
 
   static readonly tags = ["node-test-1", "node-test-2"] as const;
@@ -89,9 +95,7 @@ export class RealNode {
     for (const tag of RealNode.tags) {
       await sh("bash", [join(repoRoot, "scripts/image/build.sh"), `${imageRepository}:${tag}`, join(dir, `${tag}.tar`)], { timeoutMs: 20 * 60_000 });
     }
-    // The SPIRE agent first: its admin socket dir is the chart's agent.adminSocketDir.
-    const spire = await startSpire();
-    const node = new RealNode(dir, spire);
+    const node = new RealNode(dir);
     node.helmBin = join(peers, "helm-v3.22.0");
     try {
       await sh("bash", [join(repoRoot, "scripts/real-node/up.sh"), join(dir, "node")], { timeoutMs: 40 * 60_000 });
@@ -100,8 +104,13 @@ export class RealNode {
       for (const tag of RealNode.tags) {
         await sh("ctr", ["--address", node.env.CONTAINERD_SOCKET, "-n", "k8s.io", "images", "import", join(dir, `${tag}.tar`)], { timeoutMs: 300_000 });
       }
-      // The driver in its container is uid 0 on the host (no user namespace): the unix attestor's view.
-      await spire.registerDelegate(0);
+      // SPIRE after the node: the agent's k8s workload attestor needs the kubelet and its PKI. The
+      // driver's delegate entry is the one docs/install.md registers: its namespace and ServiceAccount.
+      const pki = node.env.PKI_DIR;
+      node.spireFixture = await startSpire({
+        kubeletAttestor: { nodeName: node.env.NODE_NAME, caFile: join(pki, "ca.crt"), certFile: join(pki, "spire-agent.crt"), keyFile: join(pki, "spire-agent.key") },
+      });
+      await node.spire.registerDelegate([`k8s:ns:${namespace}`, `k8s:sa:${release}`]);
       await node.helm(["install", release, chartPath, "--namespace", namespace, "--create-namespace", ...node.values(RealNode.tags[0]), "--wait", "--timeout", "180s"]);
     } catch (error) {
       await node.stop();
@@ -263,7 +272,7 @@ export class RealNode {
   async stop(): Promise<void> {
     if (this.env) await this.helm(["uninstall", release, "--namespace", namespace, "--wait", "--timeout", "60s"]).catch(() => undefined);
     await sh("bash", [join(repoRoot, "scripts/real-node/down.sh"), join(this.dir, "node")], { timeoutMs: 180_000 }).catch((error) => console.error(error));
-    await this.spire.stop();
+    await this.spireFixture?.stop();
     await rm(this.dir, { recursive: true, force: true });
   }
 }
