@@ -16,7 +16,8 @@ image="${1:?usage: build.sh IMAGE_REF [DOCKER_ARCHIVE]}"
 archive="${2:-}"
 say() { echo "image: $*" >&2; }
 
-ensure_packages buildah skopeo
+# buildah runs the Dockerfile's RUN steps with an OCI runtime, which Debian's buildah only recommends.
+ensure_packages buildah skopeo runc
 bash "$here/build-base.sh"
 
 ca_bundle="${NODE_EXTRA_CA_CERTS:-/etc/ssl/certs/ca-certificates.crt}"
