@@ -227,5 +227,6 @@ NODE_NAME=$node_name
 KUBELET_ROOT=$kubelet_root
 CONTAINERD_SOCKET=$containerd_socket
 POD_SUBNET=$pod_subnet
+PKI_DIR=$pki
 EOF
 echo "real-node: up in $SECONDS s ($dir)" >&2
