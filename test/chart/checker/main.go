@@ -88,6 +88,8 @@ func main() {
 		daemonSets []appsv1.DaemonSet
 		accounts   []corev1.ServiceAccount
 		monitors   []unstructured.Unstructured
+		pods       []podOf
+		configMaps = map[string]corev1.ConfigMap{}
 	)
 	for i, doc := range docs {
 		var h header
@@ -122,20 +124,27 @@ func main() {
 			err := strict(doc, &obj)
 			c.check(err == nil, "%s decodes strictly as v1 Pod%s", where, errSuffix(err))
 			checkCSIVolumes(c, where, &obj.Spec, o.knownAttributes)
+			checkVaultLogin(c, where, &obj.Spec)
+			pods = append(pods, podOf{where, &obj.Spec})
 		case "apps/v1/Deployment":
 			var obj appsv1.Deployment
 			err := strict(doc, &obj)
 			c.check(err == nil, "%s decodes strictly as apps/v1 Deployment%s", where, errSuffix(err))
 			checkCSIVolumes(c, where, &obj.Spec.Template.Spec, o.knownAttributes)
+			checkVaultLogin(c, where, &obj.Spec.Template.Spec)
+			pods = append(pods, podOf{where, &obj.Spec.Template.Spec})
 		case "batch/v1/Job":
 			var obj batchv1.Job
 			err := strict(doc, &obj)
 			c.check(err == nil, "%s decodes strictly as batch/v1 Job%s", where, errSuffix(err))
 			checkCSIVolumes(c, where, &obj.Spec.Template.Spec, o.knownAttributes)
+			checkVaultLogin(c, where, &obj.Spec.Template.Spec)
+			pods = append(pods, podOf{where, &obj.Spec.Template.Spec})
 		case "v1/ConfigMap":
 			var obj corev1.ConfigMap
 			err := strict(doc, &obj)
 			c.check(err == nil, "%s decodes strictly as v1 ConfigMap%s", where, errSuffix(err))
+			configMaps[obj.Name] = obj
 		case "v1/Service":
 			var obj corev1.Service
 			err := strict(doc, &obj)
@@ -158,6 +167,7 @@ func main() {
 			}
 		}
 	}
+	checkLoopbackUpstreams(c, pods, configMaps)
 	if o.decodeOnly {
 		finish(c)
 	}
