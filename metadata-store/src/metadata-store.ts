@@ -4,7 +4,15 @@ import { join, resolve } from "node:path";
 import writeFileAtomic from "write-file-atomic";
 import { MetadataStoreError } from "./errors.js";
 import { KeyLock } from "./key-lock.js";
-import { currentSchemaVersion, describeIssues, volumeIdSchema, volumeRecordSchema, type VolumeRecord } from "./volume-record.js";
+import {
+  currentSchemaVersion,
+  describeIssues,
+  knownRecordFields,
+  storedVolumeRecordSchema,
+  volumeIdSchema,
+  volumeRecordSchema,
+  type VolumeRecord,
+} from "./volume-record.js";
 
 /** The subset of a pino logger the store uses. */
 export interface StoreLogger {
@@ -60,6 +68,8 @@ type ReadOutcome =
  */
 export class MetadataStore {
   readonly dir: string;
+  /** Records whose ignored fields were already logged, so each is reported once, not on every read. */
+  private readonly reportedIgnoredFields = new Set<string>();
 
   private constructor(
     dir: string,
@@ -231,9 +241,20 @@ export class MetadataStore {
       if (code !== undefined && unreadableCodes.has(code)) return await this.quarantine(file, `unreadable (${code})`);
       throw ioError(`reading ${file} failed`, error);
     }
-    const problem = parseRecord(text, file);
-    if (typeof problem === "string") return await this.quarantine(file, problem);
-    return { kind: "record", record: problem.record };
+    const parsed = parseRecord(text, file);
+    if (typeof parsed === "string") return await this.quarantine(file, parsed);
+    if (parsed.ignoredFields.length > 0) this.reportIgnoredFields(file, parsed.ignoredFields);
+    return { kind: "record", record: parsed.record };
+  }
+
+  private reportIgnoredFields(file: string, ignoredFields: readonly string[]): void {
+    const key = `${file}\0${ignoredFields.join("\0")}`;
+    if (this.reportedIgnoredFields.has(key)) return;
+    this.reportedIgnoredFields.add(key);
+    this.logger.info(
+      { file, ignoredFields: ignoredFields.slice(0, maxReportedFields).map((name) => name.slice(0, maxReportedFieldLength)), ignoredFieldCount: ignoredFields.length },
+      "kept a volume record written by a newer driver; ignored the fields this driver does not know",
+    );
   }
 
   /**
@@ -286,22 +307,30 @@ export class MetadataStore {
   }
 }
 
-/** The record in `text`, or why it cannot be used. */
-function parseRecord(text: string, file: string): string | { record: VolumeRecord } {
+/**
+ * The record in `text` with the names of the fields it holds that this driver does not know (they
+ * are not in the record), or why it cannot be used. The compatibility rule is at currentSchemaVersion.
+ */
+function parseRecord(text: string, file: string): string | { record: VolumeRecord; ignoredFields: string[] } {
   let json: unknown;
   try {
     json = JSON.parse(text);
   } catch (error) {
     return `not JSON (${messageOf(error)})`;
   }
-  if (typeof json === "object" && json !== null && !Array.isArray(json) && "schemaVersion" in json) {
-    const version: unknown = json.schemaVersion;
+  const fields = typeof json === "object" && json !== null && !Array.isArray(json) ? (json as Record<string, unknown>) : undefined;
+  if (fields !== undefined && "schemaVersion" in fields) {
+    const version = fields.schemaVersion;
+    if (typeof version === "number" && Number.isSafeInteger(version) && version > currentSchemaVersion) {
+      return `written by a newer driver (schemaVersion ${version}); roll forward, or kubelet republishes after the pod restarts`;
+    }
     if (version !== currentSchemaVersion) return `unsupported schemaVersion ${typeof version === "number" ? version : JSON.stringify(version)}`;
   }
-  const result = volumeRecordSchema.safeParse(json);
+  const result = storedVolumeRecordSchema.safeParse(json);
   if (!result.success) return describeIssues(result.error);
   if (`${result.data.volumeId}${recordSuffix}` !== file) return `volumeId ${result.data.volumeId} does not match the file name`;
-  return { record: result.data };
+  const ignoredFields = Object.keys(fields ?? {}).filter((name) => !knownRecordFields.has(name));
+  return { record: result.data, ignoredFields };
 }
 
 function checkId(volumeId: string): string {
@@ -345,6 +374,10 @@ function ioError(what: string, error: unknown): MetadataStoreError {
 }
 
 const listConcurrency = 32;
+
+/** Field names come from the file: a record stuffed with long or many names must not flood the log. */
+const maxReportedFields = 16;
+const maxReportedFieldLength = 64;
 
 /**
  * A valid record is a few KiB at most (every attribute it holds has a length limit), so anything

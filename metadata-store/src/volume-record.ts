@@ -1,6 +1,13 @@
 import { isAbsolute } from "node:path";
 import { z } from "zod";
 
+/**
+ * The record's major version. It changes only when the meaning of an existing field changes or a
+ * new field becomes required to re-adopt a volume safely; a new optional field never bumps it.
+ * So a reader keeps a record of its own major version whose extra fields it does not know (a newer
+ * driver added them, and a rollback must not strand live volumes), and quarantines a record of a
+ * higher major version, which it could only half understand (docs/upgrade.md, Rolling back).
+ */
 export const currentSchemaVersion = 1;
 
 /**
@@ -15,10 +22,9 @@ export const volumeIdSchema = z
 
 /**
  * Version 1 of the per-volume record: what the driver needs to re-adopt a volume after a restart.
- * It never holds key material or tokens. Unknown keys are rejected so a record written by a newer
- * driver with a different meaning is quarantined rather than half-understood.
+ * It never holds key material or tokens.
  */
-export const volumeRecordSchema = z.strictObject({
+const volumeRecordFields = {
   schemaVersion: z.literal(currentSchemaVersion),
   volumeId: volumeIdSchema,
   targetPath: z
@@ -33,7 +39,18 @@ export const volumeRecordSchema = z.strictObject({
   fsGroup: z.number().int("must be an integer").min(0, "must be >= 0").max(2_147_483_647, "must be <= 2147483647").optional(),
   readOnly: z.boolean(),
   createdAt: z.iso.datetime({ offset: true, message: "must be an ISO 8601 timestamp" }),
-});
+};
+
+/** What the driver writes: exactly these fields, so an unknown key is refused rather than stored. */
+export const volumeRecordSchema = z.strictObject(volumeRecordFields);
+
+/**
+ * What the driver reads: the same rules for every field it knows; fields it does not know are
+ * dropped from the parsed record (never passed along), for the caller to report by name.
+ */
+export const storedVolumeRecordSchema = z.object(volumeRecordFields);
+
+export const knownRecordFields: ReadonlySet<string> = new Set(Object.keys(volumeRecordFields));
 
 export type VolumeRecord = z.infer<typeof volumeRecordSchema>;
 

@@ -112,7 +112,7 @@ test("get and delete refuse ids that could escape the dir", async (t) => {
   }
 });
 
-test("corrupt, truncated, unknown-version, extra-key and misnamed records are quarantined; good ones still listed", async (t) => {
+test("corrupt, truncated, newer-major, garbage-version and misnamed records are quarantined; good ones still listed", async (t) => {
   const dir = await tempStoreDir(t);
   const { warnings, logger } = collectingLogger();
   const store = await MetadataStore.open(dir, { logger });
@@ -123,7 +123,7 @@ test("corrupt, truncated, unknown-version, extra-key and misnamed records are qu
   await writeFile(join(dir, "csi-corrupt.json"), "{not json");
   await writeFile(join(dir, "csi-empty.json"), "");
   await writeFile(join(dir, "csi-future.json"), JSON.stringify({ ...record("csi-future"), schemaVersion: 99 }));
-  await writeFile(join(dir, "csi-extra.json"), JSON.stringify({ ...record("csi-extra"), surprise: true }));
+  await writeFile(join(dir, "csi-older.json"), JSON.stringify({ ...record("csi-older"), schemaVersion: 0 }));
   await writeFile(join(dir, "csi-misnamed.json"), JSON.stringify(record("csi-other")));
   await writeFile(join(dir, "csi-relative.json"), JSON.stringify(record("csi-relative", { targetPath: "mount" })));
 
@@ -133,17 +133,17 @@ test("corrupt, truncated, unknown-version, extra-key and misnamed records are qu
   assert.deepEqual(Object.keys(reasons).sort(), [
     "csi-corrupt.json",
     "csi-empty.json",
-    "csi-extra.json",
     "csi-future.json",
     "csi-misnamed.json",
+    "csi-older.json",
     "csi-relative.json",
     "csi-truncated.json",
   ]);
   assert.match(reasons["csi-corrupt.json"] ?? "", /^not JSON/);
   assert.match(reasons["csi-truncated.json"] ?? "", /^not JSON/);
   assert.match(reasons["csi-empty.json"] ?? "", /^not JSON/);
-  assert.equal(reasons["csi-future.json"], "unsupported schemaVersion 99");
-  assert.equal(reasons["csi-extra.json"], "surprise: unknown field");
+  assert.equal(reasons["csi-future.json"], "written by a newer driver (schemaVersion 99); roll forward, or kubelet republishes after the pod restarts");
+  assert.equal(reasons["csi-older.json"], "unsupported schemaVersion 0");
   assert.equal(reasons["csi-misnamed.json"], "volumeId csi-other does not match the file name");
   assert.equal(reasons["csi-relative.json"], "targetPath: must be an absolute path");
 
@@ -163,6 +163,61 @@ test("corrupt, truncated, unknown-version, extra-key and misnamed records are qu
   assert.equal(await readFile(join(dir, "quarantine", corrupt ?? "missing"), "utf8"), "{not json", "content kept as evidence");
   assert.deepEqual((await readdir(dir)).sort(), ["csi-good.json", "quarantine"], "only good records remain");
   assert.deepEqual(await store.list(), { records: [record("csi-good")], quarantined: [] }, "a second list finds nothing more");
+});
+
+test("a version-1 record with fields a newer driver added is kept: known fields validated, unknown ones dropped and logged once", async (t) => {
+  const dir = await tempStoreDir(t);
+  const { warnings, infos, logger } = collectingLogger();
+  const store = await MetadataStore.open(dir, { logger });
+  // What a newer driver could write, plus keys that would pollute an object if they were passed
+  // along: none of them may reach the record this driver acts on.
+  const written = JSON.stringify({ ...record("csi-newer"), rotationHint: "early", constructor: { readOnly: false } }).replace(
+    /^\{/,
+    '{"__proto__":{"readOnly":false,"polluted":true},',
+  );
+  await writeFile(join(dir, "csi-newer.json"), written);
+
+  const { records, quarantined } = await store.list();
+  assert.deepEqual(quarantined, []);
+  assert.deepEqual(records, [record("csi-newer")], "exactly the known fields, same values");
+  assert.equal(Object.getPrototypeOf(records[0]), Object.prototype);
+  assert.equal((records[0] as unknown as { polluted?: unknown }).polluted, undefined);
+  assert.deepEqual(infos, [
+    {
+      details: { file: "csi-newer.json", ignoredFields: ["__proto__", "rotationHint", "constructor"], ignoredFieldCount: 3 },
+      message: "kept a volume record written by a newer driver; ignored the fields this driver does not know",
+    },
+  ]);
+  assert.deepEqual(await store.get("csi-newer"), record("csi-newer"));
+  assert.deepEqual((await store.list()).records, [record("csi-newer")]);
+  assert.equal(infos.length, 1, "logged once per record, not on every read");
+  assert.deepEqual(warnings, []);
+  assert.equal(await readFile(join(dir, "csi-newer.json"), "utf8"), written, "reading leaves the newer driver's fields for a roll forward");
+
+  // The driver's own write of what it read holds version 1 and only the fields it knows.
+  const kept = await store.get("csi-newer");
+  await store.put(kept!);
+  const rewritten = JSON.parse(await readFile(join(dir, "csi-newer.json"), "utf8")) as Record<string, unknown>;
+  assert.deepEqual(Object.keys(rewritten).sort(), Object.keys(record("csi-newer")).sort());
+  assert.equal(rewritten.schemaVersion, 1);
+});
+
+test("unknown fields never relax the known ones, and their names are logged with a bound", async (t) => {
+  const dir = await tempStoreDir(t);
+  const { infos, logger } = collectingLogger();
+  const store = await MetadataStore.open(dir, { logger });
+  await writeFile(join(dir, "csi-relative.json"), JSON.stringify({ ...record("csi-relative", { targetPath: "mount" }), addedLater: 1 }));
+  const many = Object.fromEntries(Array.from({ length: 40 }, (_, i) => [`${"f".repeat(200)}${i}`, i]));
+  await writeFile(join(dir, "csi-many.json"), JSON.stringify({ ...record("csi-many"), ...many }));
+
+  const { records, quarantined } = await store.list();
+  assert.deepEqual(records, [record("csi-many")]);
+  assert.deepEqual(quarantined, [{ file: "csi-relative.json", reason: "targetPath: must be an absolute path" }]);
+  assert.equal(infos.length, 1);
+  const details = infos[0]!.details as { ignoredFields: string[]; ignoredFieldCount: number };
+  assert.equal(details.ignoredFieldCount, 40);
+  assert.equal(details.ignoredFields.length, 16);
+  assert.ok(details.ignoredFields.every((name) => name === "f".repeat(64)));
 });
 
 test("get of a corrupt record quarantines it and returns undefined", async (t) => {

@@ -96,6 +96,39 @@ describe("restart safety (tmpfs backing, as in production)", () => {
     for (const volume of volumes) await fx.kubelet.unpublish(volume);
   });
 
+  test("rollback: a record with a field a newer driver added is re-adopted and keeps rotating; a newer major version is quarantined", async () => {
+    const extended = await fx.kubelet.publish(pods[0]!, "newer");
+    const newerMajor = await fx.kubelet.publish(pods[1]!, "major");
+    await fx.driver.stop("SIGKILL");
+    // What a newer driver, rolled back to this one, leaves behind.
+    const extendedRecord = join(fx.metadataDir, `${extended.volumeId}.json`);
+    await writeFile(extendedRecord, JSON.stringify({ ...JSON.parse(await readFile(extendedRecord, "utf8")), rotationHint: { early: true } }), { mode: 0o600 });
+    const newerMajorRecord = join(fx.metadataDir, `${newerMajor.volumeId}.json`);
+    await writeFile(newerMajorRecord, JSON.stringify({ ...JSON.parse(await readFile(newerMajorRecord, "utf8")), schemaVersion: 2 }), { mode: 0o600 });
+
+    const startMark = fx.driver.logs.length;
+    await fx.driver.start();
+    const adoption = await fx.driver.waitForLog((line) => line.msg === "re-adopted recorded volumes", 10_000, startMark);
+    assert.deepEqual({ adopted: adoption.adopted, quarantined: adoption.quarantined }, { adopted: 1, quarantined: 1 });
+    const ignored = await fx.driver.waitForLog((line) => line.msg === "kept a volume record written by a newer driver; ignored the fields this driver does not know", 1000, startMark);
+    assert.deepEqual({ file: ignored.file, ignoredFields: ignored.ignoredFields, level: ignored.level }, { file: `${extended.volumeId}.json`, ignoredFields: ["rotationHint"], level: "info" });
+    const refused = await fx.driver.waitForLog((line) => line.msg === "quarantined an unusable volume record", 1000, startMark);
+    assert.deepEqual({ file: refused.file, reason: refused.reason }, {
+      file: `${newerMajor.volumeId}.json`,
+      reason: "written by a newer driver (schemaVersion 2); roll forward, or kubelet republishes after the pod restarts",
+    });
+
+    await fx.driver.waitForLog((line) => line.volumeId === extended.volumeId && line.msg === "identity files rewritten after restart", 10_000, startMark);
+    const mark = fx.driver.logs.length;
+    await fx.agent.rotate();
+    await fx.driver.waitForLog((line) => line.volumeId === extended.volumeId && line.msg === "identity files rotated", 10_000, mark);
+    for (const volume of [extended, newerMajor]) {
+      await fx.kubelet.unpublish(volume);
+      assert.equal(await isMountPoint(volume.targetPath), false);
+    }
+    await assert.rejects(access(extendedRecord), { code: "ENOENT" });
+  });
+
   test("SIGTERM: clean exit, socket removed, files stay", async () => {
     const volume = await fx.kubelet.publish(pods[1]!, "term");
     const result = await fx.driver.stop("SIGTERM");
