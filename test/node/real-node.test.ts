@@ -5,10 +5,14 @@
  * driver's own pod is the chart's DaemonSet pod on the node's bridge network.
  */
 import assert from "node:assert/strict";
-import { readdir } from "node:fs/promises";
+import { mkdtemp, readdir, readFile, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
-import { checkIdentity } from "../support/identity-files.js";
+import { checkEnvoySds } from "../support/envoy-sds-checker.js";
+import { checkIdentity, pemBlocks } from "../support/identity-files.js";
+import { JavaClient, opensslPkcs12Info, opensslVerify } from "../support/real-clients.js";
 import { chartPath, namespace, RealNode, release, waitFor, type PodManifestOptions } from "./support/real-node.js";
 
 const td = "example.org";
@@ -67,6 +71,39 @@ describe("real node: image, chart, kubelet, SPIRE", { timeout: 60 * 60_000 }, ()
   async function identityInside(pod: string, files = { cert: "tls.crt", key: "tls.key", bundle: "ca.crt" }) {
     const [cert, key, bundle] = await Promise.all([files.cert, files.key, files.bundle].map((file) => node.exec(pod, ["cat", `/spiffe/${file}`])));
     return checkIdentity(cert!, key!, bundle!);
+  }
+
+  /** The names the pod sees in /spiffe (the `..data` / `..snap-*` machinery left out), sorted. */
+  async function visibleInside(pod: string): Promise<string[]> {
+    return (await node.exec(pod, ["ls", "-A", "/spiffe"])).split("\n").filter((name) => name !== "" && !name.startsWith("..")).sort();
+  }
+
+  /** "<uid> <gid> <octal mode>" of each file in /spiffe, as the container sees it. */
+  async function ownershipInside(pod: string, files: string[]): Promise<Record<string, string>> {
+    const lines = (await node.exec(pod, ["stat", "-L", "-c", "%n %u %g %a", ...files.map((file) => `/spiffe/${file}`)])).trim().split("\n");
+    return Object.fromEntries(lines.map((line) => [line.split(" ")[0]!.slice("/spiffe/".length), line.split(" ").slice(1).join(" ")]));
+  }
+
+  /** Copies files out of the pod's /spiffe into a temp dir for the host's clients; removes the dir after `use`. */
+  async function withCopies<T>(pod: string, files: string[], use: (dir: string) => Promise<T>): Promise<T> {
+    const dir = await mkdtemp(join(tmpdir(), "real-node-copies-"));
+    try {
+      for (const file of files) await node.copyOut(pod, `/spiffe/${file}`, join(dir, file));
+      return await use(dir);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  }
+
+  /** Starts the pod of examples/<file> as a busybox pod with that example's volume attributes, user and fsGroup. */
+  async function startExample(file: string, entry: boolean): Promise<{ name: string; attributes: Record<string, string> }> {
+    const example = await node.examplePod(file);
+    const sa = example.serviceAccount ?? example.name;
+    await serviceAccount(sa);
+    if (entry) await entryFor(sa);
+    await createPod(example.name, sa, example.options);
+    await waitRunning(example.name);
+    return { name: example.name, attributes: example.options.volumeAttributes };
   }
 
   /** The CSI tmpfs mounts of a pod in the host's mount table. */
@@ -249,6 +286,61 @@ describe("real node: image, chart, kubelet, SPIRE", { timeout: 60 * 60_000 }, ()
     assert.equal((await node.exec("grouped", ["stat", "-L", "-c", "%g %a", "/spiffe/tls.key"])).trim(), "2000 640");
     assert.equal((await identityInside("grouped")).spiffeId, webId);
     for (const name of ["helper", "fs", "grouped"]) await deletePod(name);
+  });
+
+  test("examples/bundle-only.yaml's volume: only the own bundle, world-readable, no SVID; it verifies another pod's chain", async () => {
+    // No entry for its ServiceAccount: a bundle-only volume does not wait for an SVID.
+    const { name } = await startExample("bundle-only.yaml", false);
+    assert.deepEqual(await visibleInside(name), ["ca.crt"]);
+    assert.deepEqual(await ownershipInside(name, ["ca.crt"]), { "ca.crt": "0 0 644" });
+    const webChain = await node.exec("web", ["cat", "/spiffe/tls.crt"]);
+    await withCopies(name, ["ca.crt"], async (dir) => {
+      const blocks = pemBlocks(await readFile(join(dir, "ca.crt"), "utf8"));
+      assert.ok(blocks.length > 0 && blocks.every((block) => block.label === "CERTIFICATE"), `ca.crt holds certificates only: ${blocks.map((block) => block.label).join(", ")}`);
+      assert.match(await opensslVerify(webChain, join(dir, "ca.crt")), /: OK$/m);
+    });
+    await deletePod(name);
+  });
+
+  test("examples/java-keystore.yaml's volume: keystore.p12 and truststore.p12 beside the PEM files, group-readable; keytool and openssl read them with the example's password", async () => {
+    const { name, attributes } = await startExample("java-keystore.yaml", true);
+    const password = attributes["csi.spire.io/keystore-password"] ?? "changeit";
+    const files = ["ca.crt", "keystore.p12", "tls.crt", "tls.key", "truststore.p12"];
+    assert.deepEqual(await visibleInside(name), files);
+    assert.deepEqual(await ownershipInside(name, files), Object.fromEntries(files.map((file) => [file, "0 1000 640"])));
+    assert.equal((await node.exec(name, ["id", "-u"])).trim(), "1000", "read through the fsGroup, not as root");
+    assert.equal((await identityInside(name)).spiffeId, `spiffe://${td}/ns/default/sa/orders`);
+    await withCopies(name, files, async (dir) => {
+      assert.deepEqual(await JavaClient.keytoolList(join(dir, "keystore.p12"), password), [{ alias: "spiffe", type: "PrivateKeyEntry" }]);
+      const ownRoots = pemBlocks(await readFile(join(dir, "ca.crt"), "utf8")).length;
+      assert.deepEqual(
+        (await JavaClient.keytoolList(join(dir, "truststore.p12"), password)).sort((a, b) => a.alias.localeCompare(b.alias)),
+        Array.from({ length: ownRoots }, (_, i) => ({ alias: `${td}-${i}`, type: "trustedCertEntry" })),
+      );
+      assert.match(await opensslPkcs12Info(join(dir, "keystore.p12"), password), /Shrouded Keybag: PBES2, PBKDF2, AES-256-CBC/);
+      assert.match(await opensslPkcs12Info(join(dir, "truststore.p12"), password), /Certificate bag/);
+      assert.match(await opensslVerify(await readFile(join(dir, "tls.crt"), "utf8"), join(dir, "ca.crt")), /: OK$/m);
+    });
+    await deletePod(name);
+  });
+
+  test("examples/envoy-sds.yaml's volume: envoy-sds.json with the example's secret names passes Envoy's API with the SPIFFE validator for the trust domain", async () => {
+    const { name, attributes } = await startExample("envoy-sds.yaml", true);
+    const sdsFile = attributes["csi.spire.io/envoy-sds-file"] ?? "envoy-sds.json";
+    const files = ["ca.crt", sdsFile, "tls.crt", "tls.key"].sort();
+    assert.deepEqual(await visibleInside(name), files);
+    // No fsGroup in the example: root-owned 0644 in a volume only this pod sees.
+    assert.deepEqual(await ownershipInside(name, files), Object.fromEntries(files.map((file) => [file, "0 0 644"])));
+    await withCopies(name, [sdsFile, "ca.crt"], async (dir) => {
+      const text = await readFile(join(dir, sdsFile), "utf8");
+      assert.doesNotThrow(() => JSON.parse(text));
+      const sds = await checkEnvoySds(join(dir, sdsFile), attributes["csi.spire.io/envoy-cert-secret"]!, attributes["csi.spire.io/envoy-ca-secret"]!);
+      assert.deepEqual(
+        { validator: sds.validator, trustDomains: sds.trustDomains, leafUris: sds.leafUris, keyMatchesLeaf: sds.keyMatchesLeaf },
+        { validator: "spiffe", trustDomains: { [td]: pemBlocks(await readFile(join(dir, "ca.crt"), "utf8")).length }, leafUris: [`spiffe://${td}/ns/default/sa/edge`], keyMatchesLeaf: true },
+      );
+    });
+    await deletePod(name);
   });
 
   test("pod start to Running, csi.spire.io volume vs emptyDir (printed figures, p50)", async () => {

@@ -1,6 +1,6 @@
 import { execFile, spawn } from "node:child_process";
 import { performance } from "node:perf_hooks";
-import { mkdtemp, readFile, rm } from "node:fs/promises";
+import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { fileURLToPath } from "node:url";
@@ -50,6 +50,13 @@ export interface PodManifestOptions {
   runAsUser?: number;
   /** An emptyDir instead of the csi.spire.io volume: the baseline of pod start times. */
   emptyDir?: boolean;
+}
+
+/** What the real-node suite takes from a pod in examples/: its csi.spire.io volume and who it runs as. */
+export interface ExamplePod {
+  name: string;
+  serviceAccount: string | undefined;
+  options: PodManifestOptions & { volumeAttributes: Record<string, string> };
 }
 
 /** Milliseconds from create to Running, per pod, for each kind of volume. */
@@ -154,6 +161,47 @@ export class RealNode {
   /** `kubectl exec` in the pod's first container; returns stdout. */
   exec(pod: string, command: string[], ns = "default"): Promise<string> {
     return this.kubectl(["-n", ns, "exec", pod, "--", ...command]);
+  }
+
+  /** Copies a file out of the pod byte for byte: through base64, as `kubectl exec` output is read as text. */
+  async copyOut(pod: string, path: string, destination: string): Promise<void> {
+    await writeFile(destination, Buffer.from(await this.exec(pod, ["base64", path]), "base64"));
+  }
+
+  /**
+   * The Pod in examples/<file> as kubectl parses it (so a test and the example it stands for cannot
+   * drift): the attributes of its csi.spire.io volume and its pod securityContext's user and fsGroup.
+   */
+  async examplePod(file: string): Promise<ExamplePod> {
+    type Pod = {
+      kind: string;
+      metadata: { name: string };
+      spec: {
+        serviceAccountName?: string;
+        securityContext?: { runAsUser?: number; runAsGroup?: number; fsGroup?: number };
+        volumes?: { csi?: { driver: string; volumeAttributes?: Record<string, string> } }[];
+      };
+    };
+    // One document at a time: `kubectl create -o json` prints several objects back to back, not as a List.
+    const documents = (await readFile(join(repoRoot, "examples", file), "utf8")).split(/^---$/m).filter((document) => /^kind: Pod$/m.test(document));
+    const pods: Pod[] = [];
+    for (const document of documents) pods.push(JSON.parse(await this.kubectl(["create", "--dry-run=client", "-o", "json", "-f", "-"], document)) as Pod);
+    if (pods.length !== 1) throw new Error(`examples/${file}: expected one Pod, found ${pods.length}`);
+    const pod = pods[0]!;
+    const volumes = (pod.spec.volumes ?? []).filter((volume) => volume.csi?.driver === "csi.spire.io");
+    if (volumes.length !== 1) throw new Error(`examples/${file}: expected one csi.spire.io volume, found ${volumes.length}`);
+    const security = pod.spec.securityContext ?? {};
+    // podManifest runs the container with group = user; an example that differs needs podManifest extended.
+    if (security.runAsGroup !== undefined && security.runAsGroup !== security.runAsUser) throw new Error(`examples/${file}: runAsGroup ${security.runAsGroup} differs from runAsUser`);
+    return {
+      name: pod.metadata.name,
+      serviceAccount: pod.spec.serviceAccountName,
+      options: {
+        volumeAttributes: volumes[0]!.csi!.volumeAttributes ?? {},
+        ...(security.fsGroup !== undefined ? { fsGroup: security.fsGroup } : {}),
+        ...(security.runAsUser !== undefined ? { runAsUser: security.runAsUser } : {}),
+      },
+    };
   }
 
   /** An image label as buildah reads it from containers-storage. */
