@@ -33,7 +33,8 @@ started=$SECONDS
 say "building $image from $repo/Dockerfile"
 # npm reads its global config from <prefix>/etc/npmrc, so the mount goes over /usr/local/etc, which
 # exists (empty) in the base image: a mount target that had to be created would be left in the layer.
-buildah bud --quiet --pull=never --network host --layers \
+# --force-rm: a failed step would otherwise leave its working container behind, one per failed build.
+buildah bud --quiet --pull=never --network host --layers --force-rm \
   --volume "$work/npm:/usr/local/etc:ro" \
   --build-arg "VERSION=$version" --build-arg "REVISION=$revision" \
   --build-arg "CREATED=$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
@@ -41,8 +42,8 @@ buildah bud --quiet --pull=never --network host --layers \
   --tag "$image" --file "$repo/Dockerfile" "$repo" >&2
 say "built $image in $((SECONDS - started)) s"
 check="$(buildah from --pull=never "$image")"
+trap 'buildah rm "$check" >/dev/null 2>&1; rm -rf "$work"' EXIT
 leftover="$(ls -A "$(buildah mount "$check")/usr/local/etc")"
-buildah rm "$check" >/dev/null
 if [ -n "$leftover" ]; then
   say "FAILED: the build left files of its npmrc mount in the image's /usr/local/etc: $leftover"
   exit 1

@@ -1,4 +1,5 @@
 import { execFile, spawn } from "node:child_process";
+import { existsSync } from "node:fs";
 import { performance } from "node:perf_hooks";
 import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
@@ -98,13 +99,13 @@ export class RealNode {
 
   static async start(): Promise<RealNode> {
     const dir = await mkdtemp("/tmp/spire-csi-node-");
-    const peers = (await sh("bash", [join(repoRoot, "scripts/build-peers.sh"), "helm", "spire-server", "spire-agent"], { timeoutMs: 30 * 60_000 })).trim().split("\n").pop()!;
-    for (const tag of RealNode.tags) {
-      await sh("bash", [join(repoRoot, "scripts/image/build.sh"), `${imageRepository}:${tag}`, join(dir, `${tag}.tar`)], { timeoutMs: 20 * 60_000 });
-    }
     const node = new RealNode(dir);
-    node.helmBin = join(peers, "helm-v3.22.0");
     try {
+      const peers = (await sh("bash", [join(repoRoot, "scripts/build-peers.sh"), "helm", "spire-server", "spire-agent"], { timeoutMs: 30 * 60_000 })).trim().split("\n").pop()!;
+      node.helmBin = join(peers, "helm-v3.22.0");
+      for (const tag of RealNode.tags) {
+        await sh("bash", [join(repoRoot, "scripts/image/build.sh"), `${imageRepository}:${tag}`, join(dir, `${tag}.tar`)], { timeoutMs: 20 * 60_000 });
+      }
       await sh("bash", [join(repoRoot, "scripts/real-node/up.sh"), join(dir, "node")], { timeoutMs: 40 * 60_000 });
       const envText = await readFile(join(dir, "node", "env"), "utf8");
       node.env = Object.fromEntries(envText.trim().split("\n").map((line) => line.split(/=(.*)/s).slice(0, 2))) as unknown as NodeEnv;
@@ -319,7 +320,10 @@ export class RealNode {
   /** Tears everything down: the release, the node (mounts, netns, iptables, processes), SPIRE. */
   async stop(): Promise<void> {
     if (this.env) await this.helm(["uninstall", release, "--namespace", namespace, "--wait", "--timeout", "60s"]).catch(() => undefined);
-    await sh("bash", [join(repoRoot, "scripts/real-node/down.sh"), join(this.dir, "node")], { timeoutMs: 180_000 }).catch((error) => console.error(error));
+    // down.sh also removes the node's global iptables rules: only for a node up.sh began to make.
+    if (existsSync(join(this.dir, "node"))) {
+      await sh("bash", [join(repoRoot, "scripts/real-node/down.sh"), join(this.dir, "node")], { timeoutMs: 180_000 }).catch((error) => console.error(error));
+    }
     await this.spireFixture?.stop();
     await rm(this.dir, { recursive: true, force: true });
   }
