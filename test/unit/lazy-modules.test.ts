@@ -6,10 +6,14 @@ import { promisify } from "node:util";
 
 const repoRoot = fileURLToPath(new URL("../..", import.meta.url));
 
-/** A resolve hook that reports every module URL the process resolves on stderr. */
+/**
+ * A resolve hook that reports every module URL the process resolves on stderr. Hooks run on their
+ * own thread (Node 24 and 20 alike), so a marker written by the main thread can overtake their
+ * lines: the marker is an import of `probe-marker:<text>`, which the hook itself reports in order.
+ */
 const resolveProbe = `data:text/javascript,${encodeURIComponent(
   `import { register } from "node:module";
-  register("data:text/javascript," + encodeURIComponent('export async function resolve(specifier, context, next) { const result = await next(specifier, context); process.stderr.write("resolved " + result.url + "\\\\n"); return result; }'));`,
+  register("data:text/javascript," + encodeURIComponent('export async function resolve(specifier, context, next) { if (specifier.startsWith("probe-marker:")) { process.stderr.write("--- " + specifier.slice(13) + "\\\\n"); return { url: "data:text/javascript,", shortCircuit: true }; } const result = await next(specifier, context); process.stderr.write("resolved " + result.url + "\\\\n"); return result; }'));`,
 )}`;
 
 /** Modules that only keystore volumes need: the PKCS#12 writer and its ASN.1 libraries. */
@@ -19,7 +23,7 @@ test("the driver loads the PKCS#12 writer and its ASN.1 libraries only when a ke
   const script = `
     await import("./src/driver.ts");
     const { loadPkcs12Writers } = await import("./src/files/volume-files.ts");
-    process.stderr.write("--- first keystore volume\\n");
+    await import("probe-marker:first keystore volume");
     await loadPkcs12Writers();
   `;
   const { stderr } = await promisify(execFile)(process.execPath, ["--import", "tsx", "--import", resolveProbe, "--input-type=module", "-e", script], { cwd: repoRoot, maxBuffer: 16 * 1024 * 1024 });
