@@ -305,6 +305,8 @@ expect_reject "volumeBacking other than tmpfs|directory" "volumeBacking" --set v
 expect_reject "a relative kubeletRoot" "kubeletRoot" --set kubeletRoot=var/lib/kubelet
 expect_reject "a bad tmpfsSize" "tmpfsSize" --set tmpfsSize=4MB
 expect_reject "a bad publishTimeout" "publishTimeout" --set publishTimeout=30
+expect_reject "agent.maxCalls above the driver's 256" "maxCalls" --set agent.maxCalls=300
+expect_reject "a bad agent.jwtFetchTimeout" "jwtFetchTimeout" --set agent.jwtFetchTimeout=30
 expect_reject "rollingUpdate.maxSurge (a second driver on the node could only wait for the lock)" "maxSurge" --set updateStrategy.rollingUpdate.maxSurge=1
 expect_reject "an image digest that is not sha256:<64 hex>" "digest" --set image.digest=latest
 expect_reject "a malformed seLinuxContext" "seLinuxContext" --set seLinuxContext=container_file_t

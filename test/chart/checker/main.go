@@ -404,6 +404,11 @@ func checkDaemonSet(c *checks, ds *appsv1.DaemonSet, serviceAccount string, o op
 		nodeName.ValueFrom.FieldRef.FieldPath == "spec.nodeName", "driver env NODE_NAME comes from spec.nodeName")
 
 	// Health: kubelet's own probes on the driver's named port healthz; /metrics on its own port.
+	// The agent-load flags are set from values, so an operator can see and tune them on the DaemonSet.
+	for _, name := range []string{"max-agent-calls", "jwt-fetch-timeout", "agent-probe-timeout"} {
+		value, ok := flagValue(driver.Args, name)
+		c.check(ok && value != "", "driver passes --%s (%q)", name, value)
+	}
 	healthAddr, _ := flagValue(driver.Args, "health-address")
 	c.check(healthAddr == fmt.Sprintf("0.0.0.0:%d", o.healthPort), "driver --health-address=0.0.0.0:%d (got %q)", o.healthPort, healthAddr)
 	ports := map[string]int32{}
