@@ -1,6 +1,7 @@
 import { X509Certificate } from "node:crypto";
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
+import { uriSubjectAltNames } from "../spire/x509-identity.js";
 import type { LayoutOptions } from "./volume-files.js";
 
 /** The X.509-SVID a volume's files hold, as its leaf certificate tells. */
@@ -26,10 +27,7 @@ export async function readIdentityInFiles(targetDir: string, attributes: LayoutO
   const pem = firstCertificatePem.exec(text)?.[0];
   if (!pem) throw new Error(`${fileName} holds no CERTIFICATE block`);
   const leaf = new X509Certificate(pem);
-  const uris = (leaf.subjectAltName ?? "")
-    .split(", ")
-    .filter((name) => name.startsWith("URI:"))
-    .map((name) => name.slice(4));
+  const uris = uriSubjectAltNames(leaf);
   if (uris.length !== 1) throw new Error(`${fileName}: the leaf certificate has ${uris.length} URI SANs, a SPIFFE ID needs exactly one`);
   return { spiffeId: uris[0]!, serialNumber: leaf.serialNumber, expiresAt: Date.parse(leaf.validTo) / 1000 };
 }

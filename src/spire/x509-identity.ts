@@ -27,6 +27,14 @@ export interface X509SvidSet {
   rejected: { spiffeId: string; reason: string }[];
 }
 
+/** The URI SANs of a certificate; an X.509-SVID's leaf has exactly one, its SPIFFE ID. */
+export function uriSubjectAltNames(cert: X509Certificate): string[] {
+  return (cert.subjectAltName ?? "")
+    .split(", ")
+    .filter((name) => name.startsWith("URI:"))
+    .map((name) => name.slice(4));
+}
+
 /** One cache for the process: the same SVID on many volumes' streams is checked once. */
 const sharedSvidChecks = new SvidCheckCache();
 
@@ -35,10 +43,7 @@ function checkChainAndKey(spiffeId: string, certChain: readonly Uint8Array[], ke
   try {
     const leaf = new X509Certificate(certChain[0]!);
     for (const der of certChain.slice(1)) new X509Certificate(der);
-    const uris = (leaf.subjectAltName ?? "")
-      .split(", ")
-      .filter((name) => name.startsWith("URI:"))
-      .map((name) => name.slice(4));
+    const uris = uriSubjectAltNames(leaf);
     if (uris.length !== 1 || uris[0] !== spiffeId) {
       return { ok: false, reason: `leaf URI SAN ${JSON.stringify(uris)} is not the SVID's SPIFFE ID` };
     }
