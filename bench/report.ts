@@ -24,7 +24,8 @@ export interface BenchResults {
   mode: "quick" | "full";
   /** The scenarios this run selected. */
   scenarios: string[];
-  machine: { node: string; cpus: number; cpuModel: string; platform: string };
+  /** `node`: the Node release the driver ran on (the image's); `benchNode`: the one running the bench, its clients and baselines. */
+  machine: { node: string; driverNodeFlags?: string[]; benchNode?: string; cpus: number; cpuModel: string; platform: string };
   versions: { driver: string; spire: string; spiffeHelper: string };
   fakeAgent?: {
     publish?: PublishLatencyResult[];
@@ -70,20 +71,22 @@ function byAgent<T>(spire: T | undefined, fake: T | undefined): [string, T][] {
 export function checkTargets(results: BenchResults): TargetCheck[] {
   const checks: TargetCheck[] = [];
   for (const [agent, publish] of byAgent(results.spire?.publish, results.fakeAgent?.publish)) {
-    for (const level of publish) {
-      const ratio = level.driver.p50 / level.baseline.p50;
+    // Issue 14's targets: the p50 of one pod alone, and a burst of the largest size all done.
+    const single = publish.find((level) => level.concurrency === 1);
+    if (single) {
+      const ratio = single.driver.p50 / single.baseline.p50;
       checks.push({
-        target: `${agent}: publish p50 at ${level.concurrency} concurrent ≤ 1.15× bare agent`,
-        measured: `${ms(level.driver.p50)} vs ${ms(level.baseline.p50)} = ${times(ratio)}`,
-        met: ratio <= 1.15,
+        target: `${agent}: publish p50, 1 pod ≤ 1.5× bare agent`,
+        measured: `${ms(single.driver.p50)} vs ${ms(single.baseline.p50)} = ${times(ratio)}`,
+        met: ratio <= 1.5,
       });
     }
     const burst = largest(publish);
     const wallRatio = burst.driverWallMs / burst.baselineWallMs;
     checks.push({
-      target: `${agent}: ${burst.concurrency} concurrent publishes done ≤ 1.3× bare agent's ${burst.concurrency} first responses`,
+      target: `${agent}: ${burst.concurrency} concurrent publishes all done ≤ 2× bare agent's ${burst.concurrency} first responses`,
       measured: `${ms(burst.driverWallMs)} vs ${ms(burst.baselineWallMs)} = ${times(wallRatio)}`,
-      met: wallRatio <= 1.3,
+      met: wallRatio <= 2,
     });
   }
   const rotation = results.fakeAgent?.rotation;
@@ -173,7 +176,7 @@ export function renderMarkdown(results: BenchResults, checks: readonly TargetChe
   const { machine, versions } = results;
   lines.push(`# spire-csi-driver benchmark (${results.mode})`, "");
   lines.push(
-    `${results.startedAt} · ${machine.cpus}× ${machine.cpuModel} · ${machine.platform} · Node ${machine.node} · driver ${versions.driver} (compiled dist/) · SPIRE ${versions.spire} · spiffe-helper ${versions.spiffeHelper}`,
+    `${results.startedAt} · ${machine.cpus}× ${machine.cpuModel} · ${machine.platform} · driver on Node ${machine.node} (the image's)${machine.driverNodeFlags ? ` with \`${machine.driverNodeFlags.join(" ")}\`` : ""}${machine.benchNode ? `, bench and baselines on Node ${machine.benchNode}` : ""} · driver ${versions.driver} (compiled dist/) · SPIRE ${versions.spire} · spiffe-helper ${versions.spiffeHelper}`,
     "",
     `Scenarios: ${results.scenarios.join(", ")}. Every ratio compares figures measured in this run, on this machine.`,
     "",
@@ -233,7 +236,7 @@ export function renderMarkdown(results: BenchResults, checks: readonly TargetChe
     for (const [count, rss] of Object.entries(footprint.rssByVolumes)) lines.push(`| ${count} | ${mb(rss)} |`);
     lines.push(
       "",
-      `Marginal: ${kb(footprint.marginalBytesPerVolume)} per volume. Idle CPU with all volumes published, between rotations: ${footprint.idleCpuPercent.toFixed(2)} % of one core over ${(footprint.idleCpuWindowMs / 1000).toFixed(0)} s. With the agent stopped (every stream resubscribing with backoff), the same window: ${footprint.agentDownCpuPercent.toFixed(2)} % = ${times(footprint.agentDownCpuPercent / footprint.idleCpuPercent)} idle.`,
+      `Marginal: ${kb(footprint.marginalBytesPerVolume)} per volume. Idle CPU with all volumes published, between rotations: ${footprint.idleCpuPercent.toFixed(2)} % of one core over ${(footprint.idleCpuWindowMs / 1000).toFixed(0)} s. With the agent stopped (every stream resubscribing with backoff), the same window: ${footprint.agentDownCpuPercent.toFixed(2)} %${footprint.idleCpuPercent > 0 ? ` = ${times(footprint.agentDownCpuPercent / footprint.idleCpuPercent)} idle` : " (idle rounds to zero, so no ratio)"}.`,
     );
   }
   const churn = results.spire?.churn;

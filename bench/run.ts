@@ -1,5 +1,5 @@
 /**
- * `npm run bench [-- --quick] [-- --scenarios a,b] [-- --out <dir>]`: builds the driver (dist/,
+ * `npm run bench [-- --quick] [-- --scenarios a,b] [-- --out <dir>] [-- --driver-node-flags "--flag …"]`: builds the driver (dist/,
  * as the image runs it) and the peers (SPIRE, spiffe-helper), then measures against the fake
  * agent and a real SPIRE agent. Prints a markdown table and writes bench.md, bench.json and
  * bench.svg to the results dir (default results/, not committed). Scenarios: see `scenarioNames`.
@@ -12,6 +12,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { parseArgs } from "node:util";
 import { fileURLToPath } from "node:url";
 import { startDriverNode, type DriverNode } from "../test/support/driver-node.js";
+import { imageNodeFlags } from "../test/support/driver-process.js";
 import { delegatedIdentityClient, SpireFixture, spireVersion } from "../test/support/spire-fixture.js";
 import { options as driverOptions } from "../src/config/config.js";
 import { podSelectors } from "../src/volume/selectors.js";
@@ -34,9 +35,12 @@ const { values: flags } = parseArgs({
     quick: { type: "boolean", default: false },
     out: { type: "string", default: join(repoRoot, "results") },
     scenarios: { type: "string", default: scenarioNames.join(",") },
+    /** Node flags added after the image's (the last of a flag wins), to measure one before changing the Dockerfile. */
+    "driver-node-flags": { type: "string", default: "" },
   },
 });
 const selected = parseScenarios(flags.scenarios);
+const driverNodeFlags = flags["driver-node-flags"].split(" ").filter(Boolean);
 const runs = (scenario: ScenarioName) => selected.has(scenario);
 
 /** What a run does; --quick trades samples and durations for time, never the scenario sizes or rates. */
@@ -74,12 +78,22 @@ const trustDomain = "example.org";
 
 const progress = (message: string) => process.stderr.write(`[bench] ${message}\n`);
 
+/**
+ * The Node release the image ships (scripts/versions.env, fetched into a cache outside the clone):
+ * the driver is measured on it, not on the Node running the bench, since the two differ in memory
+ * and speed (an idle driver on Node 20.20 had ~15 MB less RSS than on Node 24).
+ */
+const imageNode = (() => {
+  const path = execFileSync("bash", [join(repoRoot, "scripts/image-node.sh")], { cwd: repoRoot, encoding: "utf8", stdio: ["ignore", "pipe", "inherit"] }).trim().split("\n").pop()!;
+  return { path, version: execFileSync(path, ["--version"], { encoding: "utf8" }).trim() };
+})();
+
 /** Production settings (compiled code, the image's node flags, tmpfs per volume, info logs) unless `backing` says otherwise. */
 function startBenchNode(agentSocket: string, backing: "tmpfs" | "directory" = "tmpfs"): Promise<DriverNode> {
   // The driver's own resubscribe backoff, not the test harness's faster one: the agent-down CPU
   // figure depends on it.
   const reconnect = { reconnectMin: driverOptions["reconnect-min"].default, reconnectMax: driverOptions["reconnect-max"].default };
-  return startDriverNode(agentSocket, { entry: "build", logLevel: "info", volumeBacking: backing, nodeId: benchNodeName, ...reconnect }, "/tmp/scsi-bench-");
+  return startDriverNode(agentSocket, { entry: "build", nodeBinary: imageNode.path, nodeFlags: driverNodeFlags, logLevel: "info", volumeBacking: backing, nodeId: benchNodeName, ...reconnect }, "/tmp/scsi-bench-");
 }
 
 /** The fake-agent scenarios; undefined when none of them is selected. */
@@ -294,7 +308,7 @@ async function main(): Promise<void> {
     startedAt,
     mode: plan.mode,
     scenarios: [...selected],
-    machine: { node: process.version, cpus: cpus().length, cpuModel: cpus()[0]?.model.trim() ?? "unknown", platform: `${process.platform}-${process.arch}` },
+    machine: { node: imageNode.version, driverNodeFlags: [...imageNodeFlags(), ...driverNodeFlags], benchNode: process.version, cpus: cpus().length, cpuModel: cpus()[0]?.model.trim() ?? "unknown", platform: `${process.platform}-${process.arch}` },
     versions: { driver: packageJson.version, spire: spireVersion, spiffeHelper: spiffeHelperVersion },
     fakeAgent,
     spire,

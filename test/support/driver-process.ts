@@ -32,8 +32,10 @@ export interface DriverProcessOptions {
    * container image does (needs `npm run build` first), for measurements without tsx's overhead.
    */
   entry?: "source" | "build";
-  /** Extra node flags, e.g. ["--cpu-prof"] to profile (written on a clean exit only). */
+  /** Extra node flags, e.g. ["--cpu-prof"] to profile (written on a clean exit only); with entry "build", after the image's. */
   nodeFlags?: string[];
+  /** The node binary; default the one running the tests. The bench passes the image's (scripts/image-node.sh). */
+  nodeBinary?: string;
   /** The driver's TMPDIR (its mount batches' fstab files), so a killed driver leaves nothing elsewhere. */
   tmpDir?: string;
   /** Extra environment for the driver, e.g. SPIRE_CSI_CRASH_TEST_PAUSE (read at each start). */
@@ -83,9 +85,10 @@ export class DriverProcess {
     if (this.running) throw new Error("driver already running");
     const logsBeforeStart = this.logs.length;
     const { options } = this;
-    const entry = options.entry === "build" ? [...imageNodeFlags(), join(repoRoot, "dist/src/main.js")] : ["--import", "tsx", join(repoRoot, "src/main.ts")];
+    // Extra flags come after the image's, so one of them can override an image flag (the last wins).
+    const nodeFlags = options.nodeFlags ?? [];
+    const entry = options.entry === "build" ? [...imageNodeFlags(), ...nodeFlags, join(repoRoot, "dist/src/main.js")] : [...nodeFlags, "--import", "tsx", join(repoRoot, "src/main.ts")];
     const args = [
-      ...(options.nodeFlags ?? []),
       ...entry,
       "--plugin-socket", options.pluginSocket,
       "--agent-socket", options.agentSocket,
@@ -108,8 +111,8 @@ export class DriverProcess {
       ...(options.pathPrefix === undefined ? {} : { PATH: `${options.pathPrefix}:${process.env.PATH ?? "/usr/sbin:/usr/bin:/sbin:/bin"}` }),
       ...options.env,
     };
-    const [command, commandArgs] =
-      options.umask === undefined ? [process.execPath, args] : ["/bin/sh", ["-c", `umask ${options.umask} && exec "$0" "$@"`, process.execPath, ...args]];
+    const node = options.nodeBinary ?? process.execPath;
+    const [command, commandArgs] = options.umask === undefined ? [node, args] : ["/bin/sh", ["-c", `umask ${options.umask} && exec "$0" "$@"`, node, ...args]];
     const child = spawn(command, commandArgs, { cwd: repoRoot, env, stdio: ["ignore", "pipe", "pipe"] });
     this.child = child;
     trackChild(child);
