@@ -63,7 +63,12 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /app
-ENV NODE_ENV=production
+# Two malloc arenas instead of glibc's default of up to 8 per core: Node's threads (libuv's pool,
+# V8's workers) each got an arena of their own, and memory freed after a burst stayed mapped in
+# them. Measured with the bench's driver (which runs with this file's ENV and ENTRYPOINT flags):
+# RSS after 250 volumes were published, rotated and unpublished again, 10 s later, 111–119 MB
+# with the default and 99–100 MB with 2; idle and at 250 volumes within 1–2 MB.
+ENV NODE_ENV=production MALLOC_ARENA_MAX=2
 COPY --from=deps /app/node_modules node_modules
 COPY --from=deps /app/package.json /app/package-lock.json ./
 COPY --from=deps /app/metadata-store/package.json metadata-store/package.json

@@ -25,7 +25,7 @@ export interface BenchResults {
   /** The scenarios this run selected. */
   scenarios: string[];
   /** `node`: the Node release the driver ran on (the image's); `benchNode`: the one running the bench, its clients and baselines. */
-  machine: { node: string; driverNodeFlags?: string[]; benchNode?: string; cpus: number; cpuModel: string; platform: string };
+  machine: { node: string; driverNodeFlags?: string[]; driverEnv?: Record<string, string>; benchNode?: string; cpus: number; cpuModel: string; platform: string };
   versions: { driver: string; spire: string; spiffeHelper: string };
   fakeAgent?: {
     publish?: PublishLatencyResult[];
@@ -176,7 +176,7 @@ export function renderMarkdown(results: BenchResults, checks: readonly TargetChe
   const { machine, versions } = results;
   lines.push(`# spire-csi-driver benchmark (${results.mode})`, "");
   lines.push(
-    `${results.startedAt} · ${machine.cpus}× ${machine.cpuModel} · ${machine.platform} · driver on Node ${machine.node} (the image's)${machine.driverNodeFlags ? ` with \`${machine.driverNodeFlags.join(" ")}\`` : ""}${machine.benchNode ? `, bench and baselines on Node ${machine.benchNode}` : ""} · driver ${versions.driver} (compiled dist/) · SPIRE ${versions.spire} · spiffe-helper ${versions.spiffeHelper}`,
+    `${results.startedAt} · ${machine.cpus}× ${machine.cpuModel} · ${machine.platform} · driver on Node ${machine.node} (the image's)${machine.driverNodeFlags ? ` with \`${machine.driverNodeFlags.join(" ")}\`` : ""}${machine.driverEnv ? ` and \`${Object.entries(machine.driverEnv).map(([name, value]) => `${name}=${value}`).join(" ")}\`` : ""}${machine.benchNode ? `, bench and baselines on Node ${machine.benchNode}` : ""} · driver ${versions.driver} (compiled dist/) · SPIRE ${versions.spire} · spiffe-helper ${versions.spiffeHelper}`,
     "",
     `Scenarios: ${results.scenarios.join(", ")}. Every ratio compares figures measured in this run, on this machine.`,
     "",

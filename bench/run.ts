@@ -1,5 +1,5 @@
 /**
- * `npm run bench [-- --quick] [-- --scenarios a,b] [-- --out <dir>] [-- --driver-node-flags "--flag …"]`: builds the driver (dist/,
+ * `npm run bench [-- --quick] [-- --scenarios a,b] [-- --out <dir>] [-- --driver-node-flags="--flag …"]`: builds the driver (dist/,
  * as the image runs it) and the peers (SPIRE, spiffe-helper), then measures against the fake
  * agent and a real SPIRE agent. Prints a markdown table and writes bench.md, bench.json and
  * bench.svg to the results dir (default results/, not committed). Scenarios: see `scenarioNames`.
@@ -12,7 +12,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { parseArgs } from "node:util";
 import { fileURLToPath } from "node:url";
 import { startDriverNode, type DriverNode } from "../test/support/driver-node.js";
-import { imageNodeFlags } from "../test/support/driver-process.js";
+import { imageEnv, imageNodeFlags } from "../test/support/driver-process.js";
 import { delegatedIdentityClient, SpireFixture, spireVersion } from "../test/support/spire-fixture.js";
 import { options as driverOptions } from "../src/config/config.js";
 import { podSelectors } from "../src/volume/selectors.js";
@@ -93,7 +93,7 @@ function startBenchNode(agentSocket: string, backing: "tmpfs" | "directory" = "t
   // The driver's own resubscribe backoff, not the test harness's faster one: the agent-down CPU
   // figure depends on it.
   const reconnect = { reconnectMin: driverOptions["reconnect-min"].default, reconnectMax: driverOptions["reconnect-max"].default };
-  return startDriverNode(agentSocket, { entry: "build", nodeBinary: imageNode.path, nodeFlags: driverNodeFlags, logLevel: "info", volumeBacking: backing, nodeId: benchNodeName, ...reconnect }, "/tmp/scsi-bench-");
+  return startDriverNode(agentSocket, { entry: "build", nodeBinary: imageNode.path, nodeFlags: driverNodeFlags, env: imageEnv(), logLevel: "info", volumeBacking: backing, nodeId: benchNodeName, ...reconnect }, "/tmp/scsi-bench-");
 }
 
 /** The fake-agent scenarios; undefined when none of them is selected. */
@@ -308,7 +308,7 @@ async function main(): Promise<void> {
     startedAt,
     mode: plan.mode,
     scenarios: [...selected],
-    machine: { node: imageNode.version, driverNodeFlags: [...imageNodeFlags(), ...driverNodeFlags], benchNode: process.version, cpus: cpus().length, cpuModel: cpus()[0]?.model.trim() ?? "unknown", platform: `${process.platform}-${process.arch}` },
+    machine: { node: imageNode.version, driverNodeFlags: [...imageNodeFlags(), ...driverNodeFlags], driverEnv: imageEnv(), benchNode: process.version, cpus: cpus().length, cpuModel: cpus()[0]?.model.trim() ?? "unknown", platform: `${process.platform}-${process.arch}` },
     versions: { driver: packageJson.version, spire: spireVersion, spiffeHelper: spiffeHelperVersion },
     fakeAgent,
     spire,

@@ -187,6 +187,21 @@ export class DriverProcess {
   }
 }
 
+/** The environment the container image sets (`ENV` lines after its last `FROM`), for a measured driver. */
+export function imageEnv(): Record<string, string> {
+  const dockerfile = readFileSync(join(repoRoot, "Dockerfile"), "utf8");
+  const runtimeStage = dockerfile.slice(dockerfile.lastIndexOf("\nFROM "));
+  const env: Record<string, string> = {};
+  for (const [, assignments] of runtimeStage.matchAll(/^ENV (.+)$/gm)) {
+    for (const assignment of assignments!.trim().split(/\s+/)) {
+      const [name, value] = assignment.split("=", 2);
+      if (!name || value === undefined) throw new Error(`Dockerfile ENV must be NAME=value pairs: ${assignments}`);
+      env[name] = value;
+    }
+  }
+  return env;
+}
+
 /** The node flags of the container image's ENTRYPOINT, so a measured driver runs as it does in production. */
 export function imageNodeFlags(): string[] {
   const dockerfile = readFileSync(join(repoRoot, "Dockerfile"), "utf8");
