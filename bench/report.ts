@@ -265,6 +265,10 @@ export function renderMarkdown(results: BenchResults, checks: readonly TargetChe
         `| ${row.workloads} | ${mb(row.helperRssBytes)} | ${mb(row.driverRssBytes)} | ${(row.helperRssBytes / row.driverRssBytes).toFixed(1)}× | ${mb(row.helperRssBytes / row.workloads)} / ${kb(driverMarginal)} | ${ms(row.helperRotation.p50)} / ${ms(row.helperRotation.max)} | ${ms(row.driverRotation.p50)} / ${ms(row.driverRotation.max)} |`,
       );
     }
+    lines.push(
+      "",
+      "Rotation columns: the agent's push, as a reference subscriber (a client of its own on the same agent) was told of it, → each workload's files written. Both sides hear of the push over the same agent, so a side that was told first can write before the reference: 0 ms means no later than that.",
+    );
     lines.push("", "### Agent cost: what the node pays for N workloads (SPIRE agent + delivery, CPU in % of one core over the same window, rotations included)", "");
     lines.push("| Workloads | Agent RSS idle | Agent RSS / CPU with spiffe-helper | Agent RSS / CPU with the driver | Helpers CPU | Driver CPU | Node total RSS: helpers / driver | Node total CPU: helpers / driver |");
     lines.push("|---|---|---|---|---|---|---|---|");
