@@ -39,6 +39,8 @@ export interface BenchResults {
   };
   spire?: { publish?: PublishLatencyResult[]; restart?: RestartResult; peers?: PeerComparisonRow[]; churn?: ChurnResult };
   podStart?: PodStartResult;
+  /** Stages that threw: their figures are missing, the others' are kept. */
+  failures?: { stage: string; error: string }[];
 }
 
 export interface TargetCheck {
@@ -158,7 +160,7 @@ export function checkTargets(results: BenchResults): TargetCheck[] {
     });
   }
   const podStart = results.podStart;
-  if (podStart && !("skipped" in podStart)) {
+  if (podStart && !("notMeasured" in podStart)) {
     for (const [label, key, count] of [["one by one", "oneByOne", podStart.oneByOne], ["at once", "atOnce", podStart.atOnce]] as const) {
       const ratio = podStart.csi[key].p50 / podStart.emptyDir[key].p50;
       checks.push({
@@ -183,7 +185,8 @@ export function renderMarkdown(results: BenchResults, checks: readonly TargetChe
   );
   lines.push("## Targets", "", "| Target | Measured (driver vs baseline) | Met |", "|---|---|---|");
   for (const check of checks) lines.push(`| ${check.target} | ${check.measured} | ${check.met ? "yes" : "**no**"} |`);
-  if (results.podStart && "skipped" in results.podStart) lines.push(`| real node: pod start with the volume ≤ 1.05× emptyDir | not measured: ${results.podStart.skipped} | **no** |`);
+  if (results.podStart && "notMeasured" in results.podStart) lines.push(`| real node: pod start with the volume ≤ 1.05× emptyDir | not measured: ${results.podStart.notMeasured} | **no** |`);
+  for (const failure of results.failures ?? []) lines.push(`| ${failure.stage} | not measured: failed (${failure.error.split("\n")[0]}) | **no** |`);
   const publishes = byAgent(results.spire?.publish, results.fakeAgent?.publish);
   if (publishes.length > 0) {
     lines.push("", "## Publish latency: NodePublishVolume → OK with files written, vs. the bare agent's first SVID set", "");
@@ -281,7 +284,7 @@ export function renderMarkdown(results: BenchResults, checks: readonly TargetChe
     }
   }
   const podStart = results.podStart;
-  if (podStart && !("skipped" in podStart)) {
+  if (podStart && !("notMeasured" in podStart)) {
     lines.push("", "## Pod start on the real node: create → Running (kubelet, containerd, the chart's driver, real SPIRE)", "");
     lines.push("| | csi.spire.io p50 / p95 | emptyDir p50 / p95 | ratio (p50) |", "|---|---|---|---|");
     for (const [label, key] of [[`${podStart.oneByOne} one by one`, "oneByOne"], [`${podStart.atOnce} at once`, "atOnce"]] as const) {

@@ -273,8 +273,8 @@ async function benchPodStart(): Promise<BenchResults["podStart"]> {
   if (!runs("pod-start")) return undefined;
   const busy = kubeApiserverRunning();
   if (busy) {
-    progress(`pod start: skipped, ${busy}`);
-    return { skipped: busy };
+    progress(`pod start: not measured, ${busy}`);
+    return { notMeasured: busy };
   }
   progress("real node: bringing up kubelet, containerd, the image and the chart (minutes)");
   return measurePodStart({ oneByOne: plan.podStart.oneByOne, atOnce: plan.podStart.atOnce });
@@ -301,9 +301,21 @@ async function main(): Promise<void> {
     helperBinary = join(binDir, `spiffe-helper-${spiffeHelperVersion}`);
   }
   const packageJson = JSON.parse(await readFile(join(repoRoot, "package.json"), "utf8")) as { version: string };
-  const fakeAgent = await benchFakeAgent();
-  const spire = await benchSpire(helperBinary);
-  const podStart = await benchPodStart();
+  // A stage that fails costs only its own figures: the report keeps the others and names it.
+  const failures: { stage: string; error: string }[] = [];
+  const attempt = async <T>(stage: string, run: () => Promise<T>): Promise<T | undefined> => {
+    try {
+      return await run();
+    } catch (error) {
+      const text = error instanceof Error ? (error.stack ?? error.message) : String(error);
+      progress(`${stage} failed: ${text}`);
+      failures.push({ stage, error: error instanceof Error ? error.message : String(error) });
+      return undefined;
+    }
+  };
+  const fakeAgent = await attempt("fake-agent scenarios", benchFakeAgent);
+  const spire = await attempt("real SPIRE scenarios", () => benchSpire(helperBinary));
+  const podStart = await attempt("pod start on the real node", benchPodStart);
   const results: BenchResults = {
     startedAt,
     mode: plan.mode,
@@ -313,6 +325,7 @@ async function main(): Promise<void> {
     fakeAgent,
     spire,
     podStart,
+    failures,
   };
   const checks = checkTargets(results);
   const markdown = renderMarkdown(results, checks);
@@ -322,6 +335,10 @@ async function main(): Promise<void> {
   await writeFile(join(flags.out, "bench.svg"), renderSvg(results));
   process.stdout.write(markdown);
   progress(`wrote bench.md, bench.json and bench.svg to ${flags.out}`);
+  if (failures.length > 0) {
+    progress(`${failures.length} stage(s) failed: ${failures.map((failure) => failure.stage).join(", ")}`);
+    process.exitCode = 1;
+  }
 }
 
 main().catch((error: unknown) => {

@@ -124,11 +124,12 @@ test("each target is judged on the run's own baseline", () => {
 
 test("a run of some scenarios judges only what it measured, and says when the real node was skipped", () => {
   const full = results(goodRun);
-  const partial: BenchResults = { ...full, scenarios: ["rotation", "pod-start"], fakeAgent: { rotation: full.fakeAgent!.rotation }, spire: undefined, podStart: { skipped: "a kube-apiserver is running" } };
+  const partial: BenchResults = { ...full, scenarios: ["rotation", "pod-start"], fakeAgent: { rotation: full.fakeAgent!.rotation }, spire: undefined, podStart: { notMeasured: "a kube-apiserver is running" }, failures: [{ stage: "real SPIRE scenarios", error: "agent did not start\n  at stack" }] };
   const checks = checkTargets(partial);
   assert.deepEqual(checks.map((check) => check.target), ["rotation of 250 volumes ≤ 2× the plain-fs floor (push → last swap)", "no volume later than 250 ms after the push"]);
   const markdown = renderMarkdown(partial, checks);
   assert.match(markdown, /pod start .* \| not measured: a kube-apiserver is running \| \*\*no\*\* \|/);
+  assert.match(markdown, /\| real SPIRE scenarios \| not measured: failed \(agent did not start\) \| \*\*no\*\* \|/);
   assert.ok(!markdown.includes("## Publish latency"));
   assert.ok(markdown.includes("## Rotation fan-out"));
 });
