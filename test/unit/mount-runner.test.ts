@@ -53,6 +53,24 @@ test("mount and unmount, with paths that need quoting and escaping", async () =>
   });
 });
 
+test("a mount point is found by its device or, failing that, by the mount table", async () => {
+  await withDir(async (dir) => {
+    const [onTmpfs, source, boundSameFs, plain] = ["tmpfs", "source", "bound", "plain"].map((name) => join(dir, name));
+    for (const path of [onTmpfs, source, boundSameFs, plain]) await mkdir(path!);
+    execFileSync("mount", ["-t", "tmpfs", "-o", "size=1m", "tmpfs", onTmpfs!]);
+    // A bind mount within one filesystem keeps the parent's device: only the table tells.
+    execFileSync("mount", ["--bind", source!, boundSameFs!]);
+    assert.equal((await stat(boundSameFs!)).dev, (await stat(dir)).dev);
+    assert.equal(await isMountPoint(onTmpfs!), true);
+    assert.equal(await isMountPoint(boundSameFs!), true);
+    assert.equal(await isMountPoint(plain!), false);
+    assert.equal(await isMountPoint(join(dir, "missing")), false);
+    // A table handed in is the answer, as re-adoption reads it once for every record.
+    assert.equal(await isMountPoint(onTmpfs!, new Set()), false);
+    assert.equal(await isMountPoint(plain!, new Set([plain!])), true);
+  });
+});
+
 test("in one batch, a bad target fails alone with mount's reason, and the others are mounted", async () => {
   await withDir(async (dir) => {
     const runner = new MountRunner({ poolSize: 1 });
